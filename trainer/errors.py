@@ -1,0 +1,33 @@
+"""User-facing errors: one clear message, a non-zero exit, no traceback.
+
+Raise UserError for anything the user can fix (a bad override, a missing file, a corrupt
+checkpoint). Entry points wrap their body in `exit_on_user_error`, which prints the message
+and exits with code 2; everything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import sys
+from typing import Iterable, Iterator
+
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """An error the user can fix. The message names the key or file and the fix."""
+
+
+def closest(name: str, options: Iterable[str], n: int = 3) -> str:
+    """' Did you mean a, b?' or '' when nothing is close."""
+    matches = difflib.get_close_matches(name, list(options), n=n, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
