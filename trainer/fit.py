@@ -32,8 +32,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     from trainer.distributed.env import detect, local_world_size
     from trainer.tracking import console
     from trainer.tracking.loggers import build_loggers, wandb_sync_hint
-    from trainer.tracking.manifest import update_manifest
+    from trainer.tracking.manifest import update_manifest, write_json
 
+    _quiet_library_warnings()
     proc = detect()
     is_zero = proc.rank == 0
     console.setup_logging(run_dir, proc.rank)
@@ -53,7 +54,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
     datamodule.setup("fit")
-    net = _build_model(cfg.model, datamodule)
+    net, model_spec = _build_model(cfg.model, datamodule)
+    if is_zero:
+        write_json(run_dir / "model.json", model_spec)  # what export/generate rebuild the net from
     module = _build_module(cfg, net)
 
     world = t.devices * t.num_nodes
@@ -195,7 +198,8 @@ def _build_model(node: DictConfig, datamodule):
     vocab = getattr(datamodule, "vocab_size", None)
     if node.get("vocab_size") is not None and vocab is not None and node.vocab_size < vocab:
         raise UserError(f"model.vocab_size={node.vocab_size} is smaller than the tokenizer's vocabulary ({vocab}); set model.vocab_size=null")
-    return _instantiate(node, "model", **fills)
+    spec = {**OmegaConf.to_container(node, resolve=True), **fills}
+    return _instantiate(node, "model", **fills), spec
 
 
 def _build_module(cfg: DictConfig, net):
@@ -267,6 +271,16 @@ def _corpus_stat(datamodule, key: str):
         return stats().get(key) if stats else None
     except Exception:  # noqa: BLE001 - a summary line is not worth a crash
         return None
+
+
+def _quiet_library_warnings() -> None:
+    import warnings
+
+    # Advice that does not apply to how this framework launches and logs.
+    for pattern in (".*srun.*command is available.*", ".*LeafSpec.*", ".*anonymous setting.*",
+                    ".*does not have many workers.*", ".*tensorboardX.*",
+                    ".*dataloader is not resumable.*"):
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def _shutdown_distributed() -> None:

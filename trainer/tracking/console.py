@@ -38,7 +38,18 @@ def progress_callbacks(enabled: bool) -> list:
         return []
     from pytorch_lightning.callbacks import RichProgressBar
 
-    return [RichProgressBar(leave=True)]
+    class StepProgressBar(RichProgressBar):
+        """Training runs by steps, not epochs: label the bar so and drop Lightning's version number."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "train"
+
+        def get_metrics(self, trainer, pl_module):
+            metrics = super().get_metrics(trainer, pl_module)
+            metrics.pop("v_num", None)
+            return metrics
+
+    return [StepProgressBar(leave=True)]
 
 
 def print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, kernel_mode, resume) -> None:
