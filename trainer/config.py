@@ -264,6 +264,21 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("module") is not None:
         check_target_kwargs("module", cfg.module, skip=("net", "model"))
     _validate_model_shapes(cfg.model)
+    _validate_data(cfg.data)
+
+
+def _validate_data(data: DictConfig) -> None:
+    for key in ("batch_size", "seq_len", "val_batches"):
+        v = data.get(key)
+        if isinstance(v, int):
+            _positive(f"data.{key}", v)
+    for key in ("num_workers", "batch_delay_s"):
+        v = data.get(key)
+        if isinstance(v, (int, float)):
+            _non_negative(f"data.{key}", v)
+    vf = data.get("val_fraction")
+    if isinstance(vf, (int, float)) and not 0.0 < vf < 1.0:
+        raise UserError(f"data.val_fraction must be between 0 and 1 (exclusive), got {vf}")
 
 
 def _validate_model_shapes(model: DictConfig) -> None:
