@@ -166,7 +166,7 @@ _FULL_KEY = re.compile(r"full_key: ([\w\.\[\]]+)")
 
 def explain_hydra_error(e: Exception, overrides: list[str]) -> UserError:
     """Turn a Hydra/OmegaConf composition error into one user-facing sentence with a fix."""
-    msg = str(e)
+    msg = "\n".join(str(x) for x in _chain(e) if str(x))
     m = _GROUP_NOT_FOUND.search(msg)
     if m:
         group, option = m.group(1), m.group(2)
@@ -191,6 +191,12 @@ def explain_hydra_error(e: Exception, overrides: list[str]) -> UserError:
         return UserError(f"cannot parse the command-line overrides {overrides}: {msg.strip().splitlines()[0]}")
     first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
     return UserError(f"invalid configuration: {first}")
+
+
+def _chain(e: BaseException | None):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def group_options(group: str) -> list[str]:
@@ -258,6 +264,21 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("module") is not None:
         check_target_kwargs("module", cfg.module, skip=("net", "model"))
     _validate_model_shapes(cfg.model)
+    _validate_data(cfg.data)
+
+
+def _validate_data(data: DictConfig) -> None:
+    for key in ("batch_size", "seq_len", "val_batches"):
+        v = data.get(key)
+        if isinstance(v, int):
+            _positive(f"data.{key}", v)
+    for key in ("num_workers", "batch_delay_s"):
+        v = data.get(key)
+        if isinstance(v, (int, float)):
+            _non_negative(f"data.{key}", v)
+    vf = data.get("val_fraction")
+    if isinstance(vf, (int, float)) and not 0.0 < vf < 1.0:
+        raise UserError(f"data.val_fraction must be between 0 and 1 (exclusive), got {vf}")
 
 
 def _validate_model_shapes(model: DictConfig) -> None:
