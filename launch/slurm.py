@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     mode.add_argument("--dry-run", action="store_true", help="print the batch script (the default)")
     mode.add_argument("--submit", action="store_true", help="write the script next to the job's logs and sbatch it")
     p.add_argument("--out", type=Path, help="write the script to this file")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     with exit_on_user_error():
         spec = compose_spec("slurm", args.overrides)
         script = render_sbatch(spec)

@@ -61,7 +61,7 @@ def torchrun_env(spec: JobSpec) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> None:
     p = parser("torchrun", "Start the trainer under torchrun (one node or several).")
     p.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     with exit_on_user_error():
         spec = compose_spec("torchrun", args.overrides)
         cmd, env = torchrun_argv(spec), torchrun_env(spec)
