@@ -59,3 +59,15 @@ def test_two_node_torchrun_over_c10d(hosts, tmp_path):
     assert [x["world"] for x in ranks] == [2, 2]
     # the rank-0 store lives on host1's address: the rendezvous went over the link, not loopback
     assert all(x["master"].startswith("10.77.0.1:") for x in ranks)
+
+
+def test_link_can_be_cut_and_restored(hosts):
+    def state(ns: str, ifname: str) -> str:
+        return subprocess.run(["ip", "-n", ns, "-br", "link", "show", ifname], capture_output=True, text=True,
+                              check=True).stdout.split()[1]
+
+    assert run_script(NETNS, "link", "down").returncode == 0
+    assert [state(ns, ifname) for ns, _, ifname in HOSTS] == ["DOWN", "DOWN"]
+    assert run_script(NETNS, "link", "up").returncode == 0
+    assert run_script(NETNS, "up").returncode == 0  # waits until both ends report UP again
+    assert [state(ns, ifname) for ns, _, ifname in HOSTS] == ["UP", "UP"]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
+from omegaconf import OmegaConf
 
 from launch.slurm import render_sbatch
+from tests.conftest import cli
 from tests.launch.conftest import ALLREDUCE_JOB, ROOT, needs_root, spec_for
 
 pytestmark = [pytest.mark.slow, needs_root("slurmctld", "slurmd", "munged", "sbatch")]
@@ -61,3 +65,33 @@ def test_rendered_batch_script_runs_ranks_and_requeues(slurm, tmp_path):
 
     show = subprocess.run(["scontrol", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30)
     assert "Restarts=1" in show.stdout and "JobState=COMPLETED" in show.stdout
+
+
+def wait_for_job(job_id: str, env: dict, timeout_s: float = 240) -> str:
+    """Poll until the job ends; return its final state."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30)
+        state = re.search(r"JobState=(\w+)", show.stdout)
+        if state and state.group(1) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state.group(1)
+        time.sleep(2)
+    subprocess.run(["scancel", job_id], env=env, timeout=30)
+    pytest.fail(f"job {job_id} did not finish in {timeout_s} s")
+
+
+def test_the_cli_submits_a_training_run(slurm, tmp_path, shared_cache):
+    """python -m launch.slurm --submit: the trainer runs in place under srun, in the job-keyed run dir."""
+    runs = tmp_path / "runs"
+    env = {**slurm, "TRAINER_RUNS_DIR": str(runs), "TRAINER_CACHE": str(shared_cache)}
+    r = cli("launch.slurm", "--submit", "trainer.devices=2", "strategy=ddp", "trainer.max_steps=3",
+            "trainer.val_every_steps=3", "checkpoint.every_n_steps=3", "trainer.progress_bar=false",
+            "logger.wandb=false", "launcher.time=00:10:00", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    job_id = re.search(r"submitted job (\d+)", r.stdout).group(1)
+    state = wait_for_job(job_id, env)
+    log = (runs / "gpt_tiny_cpu" / "slurm" / f"gpt_tiny_cpu-{job_id}.out").read_text()
+    assert state == "COMPLETED", log
+    frozen = OmegaConf.load(runs / "gpt_tiny_cpu" / f"slurm-{job_id}" / "config.yaml")
+    assert frozen.run.id == f"slurm-{job_id}" and frozen.trainer.devices == 2
+    assert "world 2" in log
