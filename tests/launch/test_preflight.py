@@ -135,3 +135,15 @@ def test_shm_is_measured():
     assert shm_bytes("/no/such/mount") is None
     with pytest.raises(UserError, match="no /dev/shm"):
         preflight_checks(devices=1, num_nodes=1, num_workers=2, env={"PATH": os.environ["PATH"]}, shm_path="/no/such")
+
+
+def test_pytorchjob_with_fewer_pods_than_nodes():
+    env = torchrun_env(WORLD_SIZE="8", LOCAL_WORLD_SIZE="8", PET_NPROC_PER_NODE="8", MASTER_ADDR="10.1.2.3")
+    with pytest.raises(UserError, match=r"k8s's world has 8 processes .* needs 16"):
+        preflight_checks(devices=8, num_nodes=2, num_workers=0, env=env)
+
+
+def test_torchrun_inside_a_slurm_job_needs_someone_to_requeue():
+    env = torchrun_env(MASTER_ADDR="10.1.2.3", SLURM_JOB_ID="5", SLURM_JOB_NAME="train", PATH=PATH_WITHOUT_SCONTROL)
+    with pytest.raises(UserError, match="scontrol"):
+        preflight_checks(devices=2, num_nodes=2, num_workers=0, env=env)

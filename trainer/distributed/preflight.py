@@ -14,6 +14,7 @@ import shutil
 import socket
 from typing import Mapping
 
+from trainer.distributed.env import detect
 from trainer.errors import UserError
 
 MIB = 1024**2
@@ -21,7 +22,7 @@ MIB = 1024**2
 # with margin. Docker's default /dev/shm (64 MiB) is too small from two workers on.
 LOADER_WORKER_SHM_BYTES = 64 * MIB
 RESOLVE_TIMEOUT_S = 10.0
-INTERACTIVE_SLURM_JOB_NAMES = ("bash", "interactive")  # salloc/srun --pty shells are not job steps of ranks
+INTERACTIVE_SLURM_JOB_NAMES = ("bash", "interactive")  # salloc/srun --pty shells (as trainer.distributed.env)
 
 
 def preflight_checks(
@@ -37,23 +38,14 @@ def preflight_checks(
     devices: processes per node (trainer.devices); num_nodes: trainer.num_nodes;
     num_workers: data-loader workers per process.
     """
-    launcher = detect_launcher(env)
+    launcher = detect(env).launcher  # "torchrun" | "k8s" | "slurm" | None, as the trainer itself decides
     check_task_layout(devices, num_nodes, env, launcher)
     check_visible_gpus(devices, env)
     if launcher is not None and devices * num_nodes > 1:
         check_master_address(num_nodes, env, launcher)
-    if launcher == "slurm" or (launcher == "torchrun" and slurm_job(env)):
+    if slurm_job(env) and launcher is not None:  # srun tasks, or torchrun started inside a SLURM job
         check_scontrol(env)
     check_shm(devices, num_workers, shm_bytes(shm_path))
-
-
-def detect_launcher(env: Mapping[str, str]) -> str | None:
-    """'torchrun' (also a PyTorchJob), 'slurm' (srun tasks) or None (a plain process)."""
-    if "LOCAL_RANK" in env and "RANK" in env and "WORLD_SIZE" in env:
-        return "torchrun"
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in INTERACTIVE_SLURM_JOB_NAMES:
-        return "slurm"
-    return None
 
 
 def slurm_job(env: Mapping[str, str]) -> bool:
@@ -63,17 +55,19 @@ def slurm_job(env: Mapping[str, str]) -> bool:
 def check_task_layout(devices: int, num_nodes: int, env: Mapping[str, str], launcher: str | None) -> None:
     """The launcher started exactly trainer.devices processes per node on trainer.num_nodes nodes."""
     want = devices * num_nodes
-    if launcher == "torchrun":
-        world, local = int(env["WORLD_SIZE"]), _int(env.get("LOCAL_WORLD_SIZE"))
+    if launcher in ("torchrun", "k8s"):
+        world, local = _int(env.get("WORLD_SIZE")), _int(env.get("LOCAL_WORLD_SIZE"))
         if local is not None and local != devices:
             raise UserError(
-                f"torchrun started {local} processes on this node but trainer.devices={devices}:"
-                f" run torchrun --nproc-per-node={devices} (python -m launch.torchrun renders it) or set trainer.devices={local}"
+                f"{launcher} started {local} processes on this node but trainer.devices={devices}:"
+                f" run torchrun --nproc-per-node={devices} (python -m launch.torchrun / launch.k8s render it)"
+                f" or set trainer.devices={local}"
             )
-        if world != want:
+        if world is not None and world != want:
             raise UserError(
-                f"torchrun's world has {world} processes but trainer.devices={devices} x trainer.num_nodes={num_nodes}"
-                f" needs {want}: start {num_nodes} nodes (torchrun --nnodes={num_nodes}) or set trainer.num_nodes={world // max(devices, 1)}"
+                f"{launcher}'s world has {world} processes but trainer.devices={devices} x trainer.num_nodes={num_nodes}"
+                f" needs {want}: start {num_nodes} nodes (torchrun --nnodes={num_nodes}) or set"
+                f" trainer.num_nodes={max(world // max(devices, 1), 1)}"
             )
     elif launcher == "slurm":
         ntasks = int(env["SLURM_NTASKS"])
