@@ -1,7 +1,7 @@
 """The `launcher:` config section: a typed schema, and the job spec the renderers take.
 
 configs/launcher/{torchrun,slurm,k8s}.yaml fill this section (select one with `+launcher=slurm`).
-The trainer's schema holds it as `Any`, so `launcher_spec` checks it here against
+The trainer's schema holds it as `Any`, so `parse_launcher` checks it here against
 `LauncherConfig` (unknown key, wrong type -> UserError) and joins it with the experiment's
 own layout (trainer.devices per node, trainer.num_nodes), so a renderer never sees a
 node count that disagrees with what the trainer will check at start-up.
@@ -13,14 +13,13 @@ from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from trainer.errors import UserError, closest
+# The trainer's exit code after a preemption checkpoint: the SLURM batch script requeues on it.
+from trainer.fit import REQUEUE_EXIT as REQUEUE_EXIT_CODE
 
 LAUNCHER_KINDS = ("torchrun", "slurm", "k8s")
-# The trainer exits with this code after a preemption checkpoint (trainer/fit.py REQUEUE_EXIT);
-# the SLURM batch script requeues the job when srun returns it.
-REQUEUE_EXIT_CODE = 124
 GIB = 1024**3
 MIB = 1024**2
 
@@ -83,15 +82,14 @@ def parse_launcher(node: DictConfig | dict | None, kind: str) -> LauncherConfig:
     schema = OmegaConf.structured(LauncherConfig(kind=kind))
     try:
         merged = OmegaConf.merge(schema, node)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        leaf = str(key).rpartition(".")[2]
-        if "not in" in str(e) or "Key '" in str(e) and "not" in str(e):
-            valid = [f.name for f in fields(LauncherConfig)]
-            raise UserError(
-                f"unknown config key 'launcher.{leaf}'.{closest(leaf, valid)} Valid keys: {', '.join(valid)}."
-            ) from None
-        raise UserError(f"wrong type for 'launcher.{leaf}': {str(e).splitlines()[0]}") from None
+    except ConfigKeyError as e:  # a key LauncherConfig does not have
+        leaf = str(e.key) if e.key is not None else "?"
+        valid = [f.name for f in fields(LauncherConfig)]
+        raise UserError(
+            f"unknown config key 'launcher.{leaf}'.{closest(leaf, valid)} Valid keys: {', '.join(valid)}."
+        ) from None
+    except OmegaConfBaseException as e:  # a value of the wrong type
+        raise UserError(f"wrong type for 'launcher.{e.key}': {str(e).splitlines()[0]}") from None
     cfg: LauncherConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     if cfg.kind not in LAUNCHER_KINDS:
         raise UserError(f"launcher.kind={cfg.kind!r} is not one of {', '.join(LAUNCHER_KINDS)}")
