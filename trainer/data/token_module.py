@@ -97,8 +97,8 @@ class TokenDataModule(pl.LightningDataModule):
 
     @property
     def shards(self) -> Shards:
-        if self._shards is None:
-            raise RuntimeError("TokenDataModule: call prepare_data() or setup() first")
+        """The opened shards; built (or waited for) on first use if prepare_data()/setup() have not run."""
+        self._open()
         return self._shards
 
     # --- what the rest of the trainer reads ------------------------------------------------------
@@ -123,11 +123,11 @@ class TokenDataModule(pl.LightningDataModule):
         }
 
     def encode(self, text: str) -> list[int]:
-        self.shards  # noqa: B018 (raises if not set up)
+        self._open()
         return self._tokenizer.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        self.shards  # noqa: B018
+        self._open()
         return self._tokenizer.decode(ids)
 
     # --- batches --------------------------------------------------------------------------------
