@@ -7,6 +7,7 @@ vocab_size, fingerprint, corpus_stats(), encode() and decode() are available.
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from trainer.data.corpus import build_token_shards, data_fingerprint, hf_cache_dir
@@ -176,6 +177,7 @@ class TokenDataModule(pl.LightningDataModule):
             sampler=sampler,
             batch_size=None,  # each sampled item is a whole micro-batch
             num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
             sampling_state={"seed": self.seed, "fingerprint": self.fingerprint, "seq_len": self.seq_len,
                             "batch_size": self.batch_size},
         )
@@ -184,7 +186,12 @@ class TokenDataModule(pl.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         return DataLoader(
-            self.windows("val"), sampler=self.val_offsets(world, rank), batch_size=None, num_workers=self.num_workers
+            self.windows("val"),
+            sampler=self.val_offsets(world, rank),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,  # validation runs many times a run
+            pin_memory=torch.cuda.is_available(),
         )
 
 
