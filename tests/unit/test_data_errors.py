@@ -1,5 +1,6 @@
 """Bad data input: one UserError that names the key or file and the fix, and no damage to the cache."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,17 @@ def test_hub_name_while_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     with pytest.raises(UserError, match=r"HF_HUB_OFFLINE=1 \(offline\)"):
         build("wikitext", tmp_path / "cache")
+    # With the variable set before `datasets` was imported, it is asked (it could serve a cached copy) and
+    # answers at once, from its offline mode, without the network.
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"HF_HUB_OFFLINE=1 \(offline\) and it is not in the local datasets cache"):
+        build("someone/not-cached", tmp_path / "cache")
+    assert time.monotonic() - start < 10
 
 
 def test_unknown_tokenizer_and_bad_numbers():
