@@ -6,6 +6,8 @@ vocab_size, fingerprint, corpus_stats(), encode() and decode() are available.
 """
 from __future__ import annotations
 
+import functools
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -81,11 +83,11 @@ class TokenDataModule(pl.LightningDataModule):
         else:
             source_fp = source.fingerprint()
         fingerprint = data_fingerprint(source_fp, self.tokenizer_kind, self.bpe_vocab_size, self.val_fraction)
-        build = lambda out_dir: build_token_shards(  # noqa: E731
-            out_dir, source, documents, fingerprint=fingerprint, tokenizer=self.tokenizer_kind,
-            bpe_vocab_size=self.bpe_vocab_size, val_fraction=self.val_fraction, num_proc=self.num_proc,
-            hf_cache=hf_cache_dir(root),
-        )
+        build = functools.partial(
+            build_token_shards, source=source, documents=documents, fingerprint=fingerprint,
+            tokenizer=self.tokenizer_kind, bpe_vocab_size=self.bpe_vocab_size, val_fraction=self.val_fraction,
+            num_proc=self.num_proc, hf_cache=hf_cache_dir(root),
+        )  # called as build(tmp_dir) only if no other process has built these shards
         shards, self.built_shards = ensure_shards(root, fingerprint, build)
         for split in ("train", "val"):
             if shards.num_tokens(split) < self.seq_len + 1:
