@@ -282,7 +282,7 @@ def _quiet_library_warnings() -> None:
     # Advice that does not apply to how this framework launches and logs.
     for pattern in (".*srun.*command is available.*", ".*LeafSpec.*", ".*anonymous setting.*",
                     ".*does not have many workers.*", ".*tensorboardX.*",
-                    ".*dataloader is not resumable.*"):
+                    ".*dataloader is not resumable.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

@@ -29,13 +29,13 @@ def assert_user_error(proc, *needles: str) -> None:
         ("optim.lr=-0.1", ("optim.lr", "positive")),
         ("data.batch_size=0", ("data.batch_size",)),
         ("trainer.max_steps=-5", ("trainer.max_steps",)),
-        ("model.d_model=130", ("model.d_model=130", "model.n_heads=4")),
+        ("model.n_heads=3", ("model.d_model=32", "model.n_heads=3", "not divisible")),
         ("model.n_layerz=2", ("model.n_layerz", "n_layers")),
         ("strategy.zero_stage=5", ("zero_stage",)),
     ],
 )
 def test_bad_override(override, needles, tmp_path):
-    proc = cli("trainer.train", override, *FAST, f"paths.runs_dir={tmp_path}")
+    proc = cli("trainer.train", *FAST, override, f"paths.runs_dir={tmp_path}")
     assert_user_error(proc, *needles)
     assert not any(tmp_path.iterdir()), "a rejected config must not create a run dir"
 
