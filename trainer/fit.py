@@ -123,7 +123,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     resume = pick_resume_checkpoint(ckpt_root, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
     if is_zero:
         console.print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, mode, resume)
-        update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None)
+        update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None,
+                        data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
     wall = time.time() - started
@@ -186,12 +187,10 @@ def _instantiate(node: DictConfig, section: str, **kwargs):
         raise
 
 
-# Constructor arguments a model may leave unset (null) for the data to fill in.
-DATA_DERIVED = ("vocab_size", "num_features", "num_classes")
-
-
 def _build_model(node: DictConfig, datamodule):
     fills = {}
+    from trainer.config import DATA_DERIVED
+
     for key in DATA_DERIVED:
         if key in node and node[key] is None and getattr(datamodule, key, None) is not None:
             fills[key] = getattr(datamodule, key)
@@ -265,12 +264,16 @@ def _preemption():
     return None
 
 
-def _corpus_stat(datamodule, key: str):
+def _corpus_stats(datamodule) -> dict:
     stats = getattr(datamodule, "corpus_stats", None)
     try:
-        return stats().get(key) if stats else None
+        return dict(stats()) if stats else {}
     except Exception:  # noqa: BLE001 - a summary line is not worth a crash
-        return None
+        return {}
+
+
+def _corpus_stat(datamodule, key: str):
+    return _corpus_stats(datamodule).get(key)
 
 
 def _quiet_library_warnings() -> None:
@@ -279,7 +282,7 @@ def _quiet_library_warnings() -> None:
     # Advice that does not apply to how this framework launches and logs.
     for pattern in (".*srun.*command is available.*", ".*LeafSpec.*", ".*anonymous setting.*",
                     ".*does not have many workers.*", ".*tensorboardX.*",
-                    ".*dataloader is not resumable.*"):
+                    ".*dataloader is not resumable.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
