@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from launch.config import LauncherConfig
 from trainer.errors import UserError, closest
 
 CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
@@ -130,7 +131,7 @@ class TrainConfig:
     debug: Any = None  # optional debug knobs (see configs/debug/)
     profiler: Any = None
     observability: Any = None
-    launcher: Any = None
+    launcher: Optional[LauncherConfig] = None  # set by `+launcher=torchrun|slurm|k8s` (launch/)
 
 
 def register_schema() -> None:

@@ -45,6 +45,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         raise UserError(f"trainer.precision={precision} needs a GPU; use 32-true or bf16-mixed on CPU")
     if not on_gpu:
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // max(1, local_world_size())))
+    from trainer.distributed.preflight import preflight_checks
+
+    preflight_checks(t.devices, t.num_nodes, int(cfg.data.get("num_workers", 0) or 0))
     if s.name == "single" and proc.world_size > 1:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
@@ -80,7 +83,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "accumulate_grad_batches": t.accumulate_grad_batches,
             "data_fingerprint": getattr(datamodule, "fingerprint", None),
         },
-        stop_requested=preemption.agreed if preemption else None,
+        stop_requested=preemption.agreed,
     )
     callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero)]
     callbacks += _observability_callbacks(cfg, run_dir, net)
@@ -116,6 +119,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
+        plugins=_cluster_plugins(proc.launcher),
         default_root_dir=str(run_dir),
         deterministic=t.deterministic,
     )
@@ -147,6 +151,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "stopped": checkpointer.stopped_early or "completed",
             "last_checkpoint": checkpointer.last_saved_step,
             "checkpoint_save_s": [round(x, 3) for x in checkpointer.save_seconds],
+            "preempted_signal_to_saved_s": round(checkpointer.preempt_saved_at - preemption.signalled_at, 3)
+            if checkpointer.stopped_early == "preempted" and preemption.signalled_at and checkpointer.preempt_saved_at else None,
         }
         update_manifest(run_dir, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
         console.print_summary(summary, run_dir, wandb_sync_hint(run_dir))
@@ -260,8 +266,19 @@ def _observability_callbacks(cfg: DictConfig, run_dir: Path, net) -> list:
     return []
 
 
+def _cluster_plugins(launcher: str | None) -> list:
+    if launcher != "slurm":
+        return []
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    # Our preemption flag saves through the atomic store; the sbatch script requeues on REQUEUE_EXIT.
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
 def _preemption():
-    return None
+    from trainer.distributed.preemption import PreemptionFlag
+
+    return PreemptionFlag().install()
 
 
 def _corpus_stats(datamodule) -> dict:
