@@ -78,6 +78,9 @@ class CheckpointConfig:
     keep_last: int = 3
     checksum: str = "sha256"  # sha256 | size (size-only verification for very large checkpoints)
     save_final: bool = True
+    # Fault injection (tests, drills): sleep this long inside every save, after the state is written and
+    # before the manifest and the rename, so a kill can land while the save is unfinished.
+    debug_pause_in_save_s: float = 0.0
 
 
 @dataclass
@@ -263,6 +266,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of("logger.wandb_mode", cfg.logger.wandb_mode, ("auto", "offline", "online", "disabled"))
     _positive("checkpoint.every_n_steps", c.every_n_steps)
     _positive("checkpoint.keep_last", c.keep_last)
+    _non_negative("checkpoint.debug_pause_in_save_s", c.debug_pause_in_save_s)
     _positive("strategy.timeout_s", s.timeout_s)
     if r.stop_after_steps is not None:
         _positive("run.stop_after_steps", r.stop_after_steps)

@@ -84,8 +84,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "data_fingerprint": getattr(datamodule, "fingerprint", None),
         },
         stop_requested=preemption.agreed,
+        debug_pause_in_save_s=float(cfg.checkpoint.get("debug_pause_in_save_s", 0.0)),
     )
-    callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero)]
+    callbacks: list[Any] = [checkpointer, _keep_preemption_handlers(preemption),
+                            *console.progress_callbacks(t.progress_bar and is_zero)]
     callbacks += _observability_callbacks(cfg, run_dir, net)
     loggers = build_loggers(
         run_dir,
@@ -279,6 +281,12 @@ def _preemption():
     from trainer.distributed.preemption import PreemptionFlag
 
     return PreemptionFlag().install()
+
+
+def _keep_preemption_handlers(flag):
+    from trainer.distributed.preemption import keep_handlers_callback
+
+    return keep_handlers_callback(flag)
 
 
 def _corpus_stats(datamodule) -> dict:

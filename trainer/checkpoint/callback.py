@@ -27,6 +27,7 @@ class CheckpointManager(pl.Callback):
         sharded: bool = False,
         meta: dict[str, Any] | None = None,
         stop_requested: Callable[[pl.Trainer], bool] | None = None,
+        debug_pause_in_save_s: float = 0.0,
     ):
         self.root = Path(root)
         self.every_n_steps, self.keep_last, self.checksum = every_n_steps, keep_last, checksum
@@ -39,6 +40,7 @@ class CheckpointManager(pl.Callback):
         self._last_seen_step = -1
         self.save_seconds: list[float] = []
         self.preempt_saved_at: float | None = None
+        self.debug_pause_in_save_s = debug_pause_in_save_s
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -71,6 +73,9 @@ class CheckpointManager(pl.Callback):
             tmp.mkdir(parents=True)
         trainer.strategy.barrier("checkpoint-mkdir")
         trainer.save_checkpoint(tmp / self.state_name, weights_only=False)  # barriers inside
+        if self.debug_pause_in_save_s:
+            log.warning("debug: pausing %.1f s inside the save of step %d (before its manifest)", self.debug_pause_in_save_s, step)
+            time.sleep(self.debug_pause_in_save_s)
         if trainer.is_global_zero:
             meta = {
                 **self.meta,

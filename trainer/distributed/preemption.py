@@ -52,3 +52,20 @@ class PreemptionFlag:
             log.warning("preemption requested (%s): saving a checkpoint at step %d, then exiting to be requeued",
                         self.signal_name or "a peer rank's signal", trainer.global_step)
         return self._agreed
+
+
+def keep_handlers_callback(flag: PreemptionFlag):
+    """A Lightning callback that puts the flag's handlers back once training starts.
+
+    Lightning (2.6) installs its own SIGTERM handler when fit starts. That handler runs a
+    `dist.broadcast` inside the signal handler, i.e. a collective at whatever point each rank
+    happened to be, so the ranks deadlock (seen here: both ranks hung until torchrun killed them
+    30 s later), and it then ends the run with SIGTERMException, without our checkpoint.
+    """
+    import pytorch_lightning as pl
+
+    class KeepPreemptionHandlers(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            flag.install()
+
+    return KeepPreemptionHandlers()

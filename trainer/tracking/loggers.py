@@ -6,6 +6,7 @@ once and the run carries on with the CSV log. The W&B run id lives in the run di
 """
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -62,13 +64,39 @@ def build_loggers(
     loggers: list[Logger] = []
     if csv:
         # version="" keeps metrics.csv directly under <run_dir>/csv/ across restarts.
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="csv", version=""))
     mode = resolve_wandb_mode(wandb_mode)
     if wandb and mode != "disabled":
         wb = _make_wandb(run_dir, run_name=run_name, mode=mode, project=project, entity=entity, tags=tags, config=config)
         if wb is not None:
             loggers.append(wb)
     return loggers
+
+
+class AppendingCSVLogger(CSVLogger):
+    """CSVLogger that continues <run_dir>/csv/metrics.csv after a restart or requeue.
+
+    Lightning's writer deletes an existing metrics.csv when it starts, so every resumed session
+    wiped the log of the sessions before it. This writer keeps the file and its columns, and
+    appends (rewriting the header only when a new metric appears, as Lightning's does).
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+            class AppendingWriter(ExperimentWriter):
+                def _check_log_dir_exists(self) -> None:
+                    path = Path(self.metrics_file_path)
+                    if path.is_file():
+                        with open(path, newline="") as f:
+                            self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def _make_wandb(run_dir: Path, *, run_name: str, mode: str, project: str, entity: str | None, tags: list[str], config):
