@@ -136,6 +136,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
+    if code == REQUEUE_EXIT:
+        _leave_requeue_marker()
     if is_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         seq_len = cfg.model.get("seq_len")
@@ -309,6 +311,20 @@ def _quiet_library_warnings() -> None:
                     ".*does not have many workers.*", ".*tensorboardX.*",
                     ".*dataloader is not resumable.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def _leave_requeue_marker() -> None:
+    """Tell the batch script this job wants a requeue, in a file (every rank, before any exits).
+
+    srun --kill-on-bad-exit kills the other tasks as soon as the first one exits 124, often while they
+    are still exiting, and srun then reports the signal, not 124; the marker survives that.
+    """
+    marker = os.environ.get("TRAINER_REQUEUE_MARKER")
+    if marker:
+        try:
+            Path(marker).touch()
+        except OSError as e:
+            log.warning("could not leave the requeue marker %s (%s): the batch script relies on exit code %d", marker, e, REQUEUE_EXIT)
 
 
 def _shutdown_distributed() -> None:

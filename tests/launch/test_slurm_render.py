@@ -40,7 +40,7 @@ def test_signal_reaches_the_ranks_and_the_job_requeues(gpt_1b_script):
     assert o["signal"] == "USR1@120"  # no "B:": every task of the step gets it, not only the batch shell
     assert "requeue" in o and o["open-mode"] == "append"
     # srun exits with the trainer's requeue code after a preemption checkpoint -> the script requeues
-    assert re.search(r'if \[ "\$status" -eq 124 \]; then\n.*\n\s+scontrol requeue "\$SLURM_JOB_ID"', gpt_1b_script)
+    assert re.search(r'if \[ "\$status" -eq 124 \] \|\| \[ -e "\$TRAINER_REQUEUE_MARKER" \]; then\n(.*\n){2}\s+scontrol requeue "\$SLURM_JOB_ID"', gpt_1b_script)
 
 
 def test_ranks_start_with_srun_and_get_the_overrides(gpt_1b_script):
