@@ -27,9 +27,12 @@ _FUSED_DEVICES: frozenset[str] = frozenset()  # device types routed to the exten
 _STATUS: dict = {"requested": "reference", "effective": "reference", "fused_devices": [], "reason": None}
 
 
-def set_kernel_mode(mode: str) -> str:
-    """Select the implementation; returns the mode actually in effect ("fused" or "reference")."""
-    global _MODE, _FUSED_DEVICES, _STATUS
+def set_kernel_mode(mode: str, cache_dir: str | None = None) -> str:
+    """Select the implementation; returns the mode actually in effect ("fused" or "reference").
+
+    cache_dir (paths.cache_dir) is where a JIT build goes, under kernels/; by default
+    $TRAINER_CACHE or ~/.cache/trainer. Building happens here, once per process.
+    """
     if mode not in MODES:
         raise UserError(f"kernels={mode!r} is not a kernel mode: use kernels=auto, kernels=fused or kernels=reference")
     if mode == "reference":
@@ -41,7 +44,7 @@ def set_kernel_mode(mode: str) -> str:
     from trainer.ops import build
 
     try:
-        info = build.load(with_cuda=cuda)
+        info = build.load(with_cuda=cuda, cache_dir=cache_dir)
     except build.KernelBuildError as e:
         if mode == "fused":
             raise UserError(
@@ -57,7 +60,7 @@ def set_kernel_mode(mode: str) -> str:
     return result
 
 
-def _set(requested: str, effective: str, devices: frozenset[str], reason: str | None, extension=None) -> str:
+def _set(requested: str, effective: str, devices: frozenset[str], reason: str | None, extension: dict | None = None) -> str:
     global _MODE, _FUSED_DEVICES, _STATUS
     _MODE, _FUSED_DEVICES = effective, devices
     _STATUS = {

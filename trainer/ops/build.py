@@ -58,8 +58,9 @@ class BuildInfo:
 _LOADED: BuildInfo | None = None
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TRAINER_CACHE", "~/.cache/trainer")).expanduser() / "kernels"
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    base = cache_dir or os.environ.get("TRAINER_CACHE") or "~/.cache/trainer"
+    return Path(base).expanduser() / "kernels"
 
 
 def sources(with_cuda: bool) -> list[Path]:
@@ -227,7 +228,12 @@ def _load_library(path: Path) -> None:
         raise KernelBuildError(f"cannot load {path}: {e}") from e
 
 
-def load(with_cuda: bool, lock_timeout_s: float | None = None, verbose: bool = False) -> BuildInfo:
+def load(
+    with_cuda: bool,
+    cache_dir: str | os.PathLike | None = None,
+    lock_timeout_s: float | None = None,
+    verbose: bool = False,
+) -> BuildInfo:
     """Load the extension into this process (building it if needed); idempotent."""
     global _LOADED
     if _LOADED is not None:
@@ -245,7 +251,7 @@ def load(with_cuda: bool, lock_timeout_s: float | None = None, verbose: bool = F
 
     archs = device_archs() if with_cuda else ""
     identity = _identity(with_cuda, archs)
-    directory = cache_root() / _key(identity)
+    directory = cache_root(cache_dir) / _key(identity)
     if lock_timeout_s is None:
         lock_timeout_s = float(os.environ.get("TRAINER_KERNELS_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT_S))
     directory.parent.mkdir(parents=True, exist_ok=True)
