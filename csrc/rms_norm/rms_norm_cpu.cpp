@@ -32,13 +32,14 @@ void fwd_rows(const T* x, const W* w, T* y, at::opmath_type<T>* rstd, int64_t ro
   });
 }
 
+// The weight gradient sums over every row: it accumulates in double (one row of partial sums
+// per worker thread, added up after the loop) so a long serial sum loses nothing.
 template <typename T, typename W>
-void bwd_rows(const T* gy, const T* x, const W* w, const at::opmath_type<T>* rstd, T* gx,
-              at::opmath_type<T>* gw_partial, int64_t rows, int64_t cols) {
+void bwd_rows(const T* gy, const T* x, const W* w, const at::opmath_type<T>* rstd, T* gx, double* gw_partial,
+              int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<T>;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    // One accumulator row per worker thread; summed after the loop.
-    acc_t* gw = gw_partial + at::get_thread_num() * cols;
+    double* gw = gw_partial + at::get_thread_num() * cols;
     for (int64_t r = begin; r < end; ++r) {
       const T* gr = gy + r * cols;
       const T* xr = x + r * cols;
@@ -51,7 +52,7 @@ void bwd_rows(const T* gy, const T* x, const W* w, const at::opmath_type<T>* rst
       for (int64_t c = 0; c < cols; ++c) {
         const acc_t g = gr[c], xc = xr[c];
         dxr[c] = static_cast<T>(inv * g * static_cast<acc_t>(w[c]) - xc * coef);
-        gw[c] += g * xc * inv;
+        gw[c] += static_cast<double>(g * xc * inv);
       }
     }
   });
@@ -83,16 +84,16 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_bwd_cpu(const at::Tensor& grad_y, co
   const int64_t cols = x.size(-1);
   const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
   at::Tensor gx = at::empty_like(x);
-  at::Tensor partial = at::zeros({at::get_num_threads(), cols}, rstd.options());
+  at::Tensor partial = at::zeros({at::get_num_threads(), cols}, rstd.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (w.scalar_type() == x.scalar_type()) {
       bwd_rows<scalar_t, scalar_t>(grad_y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                   rstd.data_ptr<acc_t>(), gx.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(),
+                                   rstd.data_ptr<acc_t>(), gx.data_ptr<scalar_t>(), partial.data_ptr<double>(),
                                    rows, cols);
     } else {
       bwd_rows<scalar_t, float>(grad_y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<float>(),
-                                rstd.data_ptr<acc_t>(), gx.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(),
+                                rstd.data_ptr<acc_t>(), gx.data_ptr<scalar_t>(), partial.data_ptr<double>(),
                                 rows, cols);
     }
   });
