@@ -64,9 +64,11 @@ void check_targets_in_range_cpu(const at::Tensor& targets, int64_t vocab, int64_
   }
 }
 
-void check_row_stat(const at::Tensor& t, const at::Tensor& logits, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == logits.size(0), op, ": ", name, " must have shape (",
-                    logits.size(0), ",), got ", t.sizes());
+void check_row_stat(const at::Tensor& t, const at::Tensor& logits, const char* op, const char* name, int64_t width) {
+  const bool shape_ok = width == 1 ? (t.dim() == 1 && t.size(0) == logits.size(0))
+                                   : (t.dim() == 2 && t.size(0) == logits.size(0) && t.size(1) == width);
+  TORCH_CHECK_VALUE(shape_ok, op, ": ", name, " must have shape (", logits.size(0), width == 1 ? "" : ", 2",
+                    ",), got ", t.sizes());
   check_dtype(t, acc_type(logits), op, name);
   check_contiguous(t, op, name);
   check_same_device(t, logits, op, name, "logits");
@@ -80,12 +82,12 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& logits, const at::T
 }
 
 at::Tensor bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& targets,
-                   const at::Tensor& lse, int64_t ignore_index, double z_loss) {
+                   const at::Tensor& stats, int64_t ignore_index, double z_loss) {
   check_logits(logits, targets, kBwd);
-  check_row_stat(grad_loss, logits, kBwd, "grad_loss");
-  check_row_stat(lse, logits, kBwd, "lse");
+  check_row_stat(grad_loss, logits, kBwd, "grad_loss", 1);
+  check_row_stat(stats, logits, kBwd, "stats", 2);
   check_targets_in_range_cpu(targets, logits.size(1), ignore_index, kBwd);
-  return cross_entropy_bwd_cpu(grad_loss, logits, targets, lse, ignore_index, z_loss);
+  return cross_entropy_bwd_cpu(grad_loss, logits, targets, stats, ignore_index, z_loss);
 }
 
 #ifdef TRAINER_WITH_CUDA
@@ -96,25 +98,25 @@ std::tuple<at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& logits, const at::
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t rows = logits.size(0);
   at::Tensor loss = at::empty({rows}, logits.options().dtype(at::kFloat));
-  at::Tensor lse = at::empty({rows}, loss.options());
+  at::Tensor stats = at::empty({rows, 2}, loss.options());
   const cudaError_t err = launch_cross_entropy_fwd(dt, logits.data_ptr(), targets.data_ptr<int64_t>(),
-                                                   loss.data_ptr<float>(), lse.data_ptr<float>(), rows, logits.size(1),
-                                                   ignore_index, static_cast<float>(z_loss),
+                                                   loss.data_ptr<float>(), stats.data_ptr<float>(), rows,
+                                                   logits.size(1), ignore_index, static_cast<float>(z_loss),
                                                    c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, kFwd, ": kernel launch failed: ", cudaGetErrorString(err));
-  return {loss, lse};
+  return {loss, stats};
 }
 
 at::Tensor bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& targets,
-                    const at::Tensor& lse, int64_t ignore_index, double z_loss) {
+                    const at::Tensor& stats, int64_t ignore_index, double z_loss) {
   check_logits(logits, targets, kBwd);
-  check_row_stat(grad_loss, logits, kBwd, "grad_loss");
-  check_row_stat(lse, logits, kBwd, "lse");
+  check_row_stat(grad_loss, logits, kBwd, "grad_loss", 1);
+  check_row_stat(stats, logits, kBwd, "stats", 2);
   const DType dt = cuda_dtype(logits, kBwd, "logits");
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor grad = at::empty_like(logits);
   const cudaError_t err = launch_cross_entropy_bwd(dt, grad_loss.data_ptr<float>(), logits.data_ptr(),
-                                                   targets.data_ptr<int64_t>(), lse.data_ptr<float>(), grad.data_ptr(),
+                                                   targets.data_ptr<int64_t>(), stats.data_ptr<float>(), grad.data_ptr(),
                                                    logits.size(0), logits.size(1), ignore_index,
                                                    static_cast<float>(z_loss), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, kBwd, ": kernel launch failed: ", cudaGetErrorString(err));
@@ -154,10 +156,10 @@ void chunk_fwd(const at::Tensor& logits, const at::Tensor& targets, at::Tensor& 
                double z_loss) {
 #ifdef TRAINER_WITH_CUDA
   if (logits.is_cuda()) {
-    at::Tensor lse = at::empty_like(loss);
+    at::Tensor stats = at::empty({logits.size(0), 2}, loss.options());
     const cudaError_t err = launch_cross_entropy_fwd(cuda_dtype(logits, kFused, "hidden"), logits.data_ptr(),
                                                      targets.data_ptr<int64_t>(), loss.data_ptr<float>(),
-                                                     lse.data_ptr<float>(), logits.size(0), logits.size(1),
+                                                     stats.data_ptr<float>(), logits.size(0), logits.size(1),
                                                      ignore_index, static_cast<float>(z_loss),
                                                      c10::cuda::getCurrentCUDAStream());
     TORCH_CHECK(err == cudaSuccess, kFused, ": kernel launch failed: ", cudaGetErrorString(err));
@@ -258,10 +260,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd(const at::Tensor& hidde
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(trainer_kernels, m) {
-  m.def("cross_entropy_fwd(Tensor logits, Tensor targets, int ignore_index, float z_loss) -> (Tensor loss, Tensor lse)");
   m.def(
-      "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor targets, Tensor lse, int ignore_index, float z_loss) "
-      "-> Tensor");
+      "cross_entropy_fwd(Tensor logits, Tensor targets, int ignore_index, float z_loss) -> (Tensor loss, Tensor stats)");
+  m.def(
+      "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor targets, Tensor stats, int ignore_index, "
+      "float z_loss) -> Tensor");
   m.def(
       "fused_linear_cross_entropy_fwd(Tensor hidden, Tensor weight, Tensor targets, int ignore_index, float z_loss, "
       "bool compute_grad) -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");

@@ -8,30 +8,32 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "cross_entropy.h"
 
 namespace trainer_kernels {
 namespace {
 
+// The row's max m and s = sum(exp(x - m)). They are kept apart rather than folded into
+// lse = m + log(s): with logits in the thousands one fp32 lse loses the softmax's digits.
 template <typename T>
-at::opmath_type<T> row_lse(const T* x, int64_t n) {
+std::pair<at::opmath_type<T>, at::opmath_type<T>> row_max_sum(const T* x, int64_t n) {
   using acc_t = at::opmath_type<T>;
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<acc_t>(x[i]));
-  if (m == -std::numeric_limits<acc_t>::infinity()) return m;
   acc_t s = 0;
   for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<acc_t>(x[i]) - m);
-  return m + std::log(s);
+  return {m, s};
 }
 
-// out[i] = coef * softmax_i - scale * [i == target]; out may alias x.
+// out[i] = coef * exp(x_i - m) - scale * [i == target]; coef includes 1/s. out may alias x.
 template <typename T>
-void row_grad(const T* x, T* out, int64_t n, int64_t target, at::opmath_type<T> lse, at::opmath_type<T> coef,
+void row_grad(const T* x, T* out, int64_t n, int64_t target, at::opmath_type<T> m, at::opmath_type<T> coef,
               at::opmath_type<T> scale) {
   using acc_t = at::opmath_type<T>;
   for (int64_t i = 0; i < n; ++i) {
-    const acc_t p = std::exp(static_cast<acc_t>(x[i]) - lse);
+    const acc_t p = std::exp(static_cast<acc_t>(x[i]) - m);
     out[i] = static_cast<T>(coef * p - (i == target ? scale : acc_t(0)));
   }
 }
@@ -46,31 +48,32 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& logit
                                                          int64_t ignore_index, double z_loss) {
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   at::Tensor loss = at::empty({rows}, logits.options().dtype(acc_type(logits)));
-  at::Tensor lse = at::empty({rows}, loss.options());
+  at::Tensor stats = at::empty({rows, 2}, loss.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "cross_entropy_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = logits.data_ptr<scalar_t>();
     const int64_t* t = targets.data_ptr<int64_t>();
     acc_t* pl = loss.data_ptr<acc_t>();
-    acc_t* pe = lse.data_ptr<acc_t>();
+    acc_t* ps = stats.data_ptr<acc_t>();
     const acc_t z = static_cast<acc_t>(z_loss);
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         if (t[r] == ignore_index) {
-          pl[r] = 0, pe[r] = 0;
+          pl[r] = 0, ps[2 * r] = 0, ps[2 * r + 1] = 1;
           continue;
         }
-        const acc_t l = row_lse(x + r * vocab, vocab);
-        pl[r] = l - static_cast<acc_t>(x[r * vocab + t[r]]) + z * l * l;
-        pe[r] = l;
+        const auto [m, s] = row_max_sum(x + r * vocab, vocab);
+        const acc_t log_s = std::log(s), lse = m + log_s;
+        pl[r] = (m - static_cast<acc_t>(x[r * vocab + t[r]])) + log_s + z * lse * lse;
+        ps[2 * r] = m, ps[2 * r + 1] = s;
       }
     });
   });
-  return {loss, lse};
+  return {loss, stats};
 }
 
 at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& targets,
-                                 const at::Tensor& lse, int64_t ignore_index, double z_loss) {
+                                 const at::Tensor& stats, int64_t ignore_index, double z_loss) {
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   at::Tensor grad = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "cross_entropy_bwd_cpu", [&] {
@@ -79,7 +82,7 @@ at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& 
     scalar_t* g = grad.data_ptr<scalar_t>();
     const int64_t* t = targets.data_ptr<int64_t>();
     const acc_t* pg = grad_loss.data_ptr<acc_t>();
-    const acc_t* pe = lse.data_ptr<acc_t>();
+    const acc_t* ps = stats.data_ptr<acc_t>();
     const acc_t z = static_cast<acc_t>(z_loss);
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -88,8 +91,9 @@ at::Tensor cross_entropy_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& 
           std::fill(gr, gr + vocab, static_cast<scalar_t>(0));
           continue;
         }
-        const acc_t scale = pg[r], l = pe[r];
-        row_grad(x + r * vocab, gr, vocab, t[r], l, scale * (acc_t(1) + 2 * z * l), scale);
+        const acc_t scale = pg[r], m = ps[2 * r], s = ps[2 * r + 1];
+        const acc_t lse = m + std::log(s);
+        row_grad(x + r * vocab, gr, vocab, t[r], m, scale * (acc_t(1) + 2 * z * lse) / s, scale);
       }
     });
   });
@@ -114,9 +118,10 @@ void cross_entropy_fwd_grad_inplace_cpu(at::Tensor& logits, const at::Tensor& ta
           std::fill(xr, xr + vocab, static_cast<scalar_t>(0));
           continue;
         }
-        const acc_t l = row_lse(xr, vocab);
-        pl[r] = l - static_cast<acc_t>(xr[t[r]]) + z * l * l;
-        row_grad(xr, xr, vocab, t[r], l, scale * (acc_t(1) + 2 * z * l), scale);
+        const auto [m, s] = row_max_sum(xr, vocab);
+        const acc_t log_s = std::log(s), lse = m + log_s;
+        pl[r] = (m - static_cast<acc_t>(xr[t[r]])) + log_s + z * lse * lse;
+        row_grad(xr, xr, vocab, t[r], m, scale * (acc_t(1) + 2 * z * lse) / s, scale);
       }
     });
   });

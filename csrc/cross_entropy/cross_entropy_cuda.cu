@@ -1,7 +1,9 @@
-// Cross-entropy over a large vocabulary. One block per row; a single pass computes the
-// log-sum-exp with an online softmax (running max and rescaled sum, in base 2), so the
+// Cross-entropy over a large vocabulary. One block per row; a single pass computes the row
+// max m and s = sum(exp(x - m)) with an online softmax (running max, rescaled sum), so the
 // logits are read once in the forward and once in the backward, and no fp32 copy of the
-// (rows, vocab) logits or of their gradient ever exists.
+// (rows, vocab) logits or of their gradient ever exists. The backward gets (m, s), not
+// lse = m + log(s): with logits in the thousands a single fp32 lse would lose the digits
+// that softmax = exp(x - m) / s needs.
 // Rows need not be 16-byte aligned (vocab 50257): each row is split into a scalar head up
 // to the first aligned address, 16-byte packs, and a scalar tail.
 #include <cmath>
@@ -13,8 +15,6 @@ namespace trainer_kernels {
 namespace {
 
 constexpr int kMaxThreads = 1024;
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // Where a row's 16-byte packs begin and end.
 struct RowSplit {
@@ -32,8 +32,7 @@ __device__ __forceinline__ RowSplit split_row(const T* row, int n) {
   return {head, packs, head + packs * VEC};
 }
 
-// Online softmax state in base 2: the row's values u = x*log2(e) satisfy
-// sum(2^u) = s * 2^m.
+// Online softmax state: the values seen so far satisfy sum(exp(x)) = s * exp(m).
 struct MaxSum {
   float m, s;
 };
@@ -41,48 +40,49 @@ struct MaxSum {
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.m, b.m);
   if (m == -INFINITY) return {m, 0.f};
-  return {m, a.s * exp2f(a.m - m) + b.s * exp2f(b.m - m)};
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
 }
 
-__device__ __forceinline__ void absorb(MaxSum& st, float u) {
-  if (u > st.m) {
-    st.s = st.s * exp2f(st.m - u) + 1.f;
-    st.m = u;
-  } else if (u != -INFINITY) {
-    st.s += exp2f(u - st.m);
+__device__ __forceinline__ void absorb(MaxSum& st, float x) {
+  if (x > st.m) {
+    st.s = st.s * expf(st.m - x) + 1.f;
+    st.m = x;
+  } else if (x != -INFINITY) {
+    st.s += expf(x - st.m);
   }
 }
 
+// A pack rescales the running sum at most once (to the pack's max), then adds VEC terms.
 template <int VEC>
-__device__ __forceinline__ void absorb_pack(MaxSum& st, const float (&u)[VEC]) {
-  float pm = u[0];
+__device__ __forceinline__ void absorb_pack(MaxSum& st, const float (&x)[VEC]) {
+  float pm = x[0];
 #pragma unroll
-  for (int j = 1; j < VEC; ++j) pm = fmaxf(pm, u[j]);
+  for (int j = 1; j < VEC; ++j) pm = fmaxf(pm, x[j]);
   if (pm == -INFINITY) return;
   if (pm > st.m) {
-    st.s *= exp2f(st.m - pm);
+    st.s *= expf(st.m - pm);
     st.m = pm;
   }
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) st.s += exp2f(u[j] - st.m);
+  for (int j = 0; j < VEC; ++j) st.s += expf(x[j] - st.m);
 }
 
-// Natural-log log-sum-exp of one row, returned to every thread of the block.
+// (max, sum(exp(x - max))) of one row, returned to every thread of the block.
 template <typename T, int VEC>
-__device__ float row_lse(const T* row, int n, MaxSum* scratch) {
+__device__ MaxSum row_max_sum(const T* row, int n, MaxSum* scratch) {
   using PT = Pack<T, VEC>;
   const RowSplit sp = split_row<T, VEC>(row, n);
   MaxSum st{-INFINITY, 0.f};
-  for (int i = threadIdx.x; i < sp.head; i += blockDim.x) absorb(st, to_float(row[i]) * kLog2e);
+  for (int i = threadIdx.x; i < sp.head; i += blockDim.x) absorb(st, to_float(row[i]));
   const PT* packs = reinterpret_cast<const PT*>(row + sp.head);
   for (int p = threadIdx.x; p < sp.packs; p += blockDim.x) {
     const PT v = packs[p];
-    float u[VEC];
+    float x[VEC];
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) u[j] = to_float(v.v[j]) * kLog2e;
-    absorb_pack<VEC>(st, u);
+    for (int j = 0; j < VEC; ++j) x[j] = to_float(v.v[j]);
+    absorb_pack<VEC>(st, x);
   }
-  for (int i = sp.tail_start + threadIdx.x; i < n; i += blockDim.x) absorb(st, to_float(row[i]) * kLog2e);
+  for (int i = sp.tail_start + threadIdx.x; i < n; i += blockDim.x) absorb(st, to_float(row[i]));
 
   // Block reduction of (m, s): shuffles within warps, then warp 0 merges the warps.
 #pragma unroll
@@ -100,17 +100,17 @@ __device__ float row_lse(const T* row, int n, MaxSum* scratch) {
     const MaxSum other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.s, offset)};
     st = merge(st, other);
   }
-  return (st.m + log2f(st.s)) * kLn2;
+  return st;
 }
 
-// grad = coef * softmax - onehot_scale * onehot(target), written over `out` (may alias `in`).
+// grad = coef * softmax - onehot_scale * onehot(target), written over `out` (may alias
+// `in`); softmax = exp(x - m) * inv_s. `coef` already includes inv_s.
 template <typename T, int VEC>
-__device__ void write_grad(const T* in, T* out, int n, int64_t target, float lse, float coef, float onehot_scale) {
+__device__ void write_grad(const T* in, T* out, int n, int64_t target, float m, float coef, float onehot_scale) {
   using PT = Pack<T, VEC>;
   const RowSplit sp = split_row<T, VEC>(in, n);
-  const float lse2 = lse * kLog2e;
   for (int i = threadIdx.x; i < sp.head; i += blockDim.x) {
-    const float p = exp2f(fmaf(to_float(in[i]), kLog2e, -lse2));
+    const float p = expf(to_float(in[i]) - m);
     out[i] = from_float<T>(coef * p - (i == target ? onehot_scale : 0.f));
   }
   const PT* src = reinterpret_cast<const PT*>(in + sp.head);
@@ -121,13 +121,13 @@ __device__ void write_grad(const T* in, T* out, int n, int64_t target, float lse
     PT g;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const float p = exp2f(fmaf(to_float(v.v[j]), kLog2e, -lse2));
+      const float p = expf(to_float(v.v[j]) - m);
       g.v[j] = from_float<T>(coef * p - (base + j == target ? onehot_scale : 0.f));
     }
     dst[pk] = g;
   }
   for (int i = sp.tail_start + threadIdx.x; i < n; i += blockDim.x) {
-    const float p = exp2f(fmaf(to_float(in[i]), kLog2e, -lse2));
+    const float p = expf(to_float(in[i]) - m);
     out[i] = from_float<T>(coef * p - (i == target ? onehot_scale : 0.f));
   }
 }
@@ -151,19 +151,21 @@ __device__ __forceinline__ bool in_vocab(int64_t t, int n) { return t >= 0 && t 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads)
 cross_entropy_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets, float* __restrict__ loss,
-                         float* __restrict__ lse_out, int64_t rows, int vocab, int64_t ignore_index, float z_loss) {
+                         float* __restrict__ stats, int64_t rows, int vocab, int64_t ignore_index, float z_loss) {
   __shared__ MaxSum scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t t = targets[row];
     if (t == ignore_index) {  // block-uniform: the whole block skips the row
-      if (threadIdx.x == 0) loss[row] = 0.f, lse_out[row] = 0.f;
+      if (threadIdx.x == 0) loss[row] = 0.f, stats[2 * row] = 0.f, stats[2 * row + 1] = 1.f;
       continue;
     }
     const T* x = logits + row * vocab;
-    const float lse = row_lse<T, VEC>(x, vocab, scratch);
+    const MaxSum st = row_max_sum<T, VEC>(x, vocab, scratch);
     if (threadIdx.x == 0) {
-      loss[row] = in_vocab(t, vocab) ? lse - to_float(x[t]) + z_loss * lse * lse : NAN;
-      lse_out[row] = lse;
+      const float log_s = logf(st.s), lse = st.m + log_s;
+      loss[row] = in_vocab(t, vocab) ? (st.m - to_float(x[t])) + log_s + z_loss * lse * lse : NAN;
+      stats[2 * row] = st.m;
+      stats[2 * row + 1] = st.s;
     }
   }
 }
@@ -171,7 +173,7 @@ cross_entropy_fwd_kernel(const T* __restrict__ logits, const int64_t* __restrict
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kMaxThreads)
 cross_entropy_bwd_kernel(const float* __restrict__ grad_loss, const T* __restrict__ logits,
-                         const int64_t* __restrict__ targets, const float* __restrict__ lse,
+                         const int64_t* __restrict__ targets, const float* __restrict__ stats,
                          T* __restrict__ grad_logits, int64_t rows, int vocab, int64_t ignore_index, float z_loss) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t t = targets[row];
@@ -180,8 +182,9 @@ cross_entropy_bwd_kernel(const float* __restrict__ grad_loss, const T* __restric
       write_zeros<T, VEC>(g, vocab);
       continue;
     }
-    const float scale = grad_loss[row], l = lse[row];
-    write_grad<T, VEC>(logits + row * vocab, g, vocab, t, l, scale * (1.f + 2.f * z_loss * l), scale);
+    const float scale = grad_loss[row], m = stats[2 * row], s = stats[2 * row + 1];
+    const float lse = m + logf(s);
+    write_grad<T, VEC>(logits + row * vocab, g, vocab, t, m, scale * (1.f + 2.f * z_loss * lse) / s, scale);
   }
 }
 
@@ -200,11 +203,12 @@ cross_entropy_fwd_grad_inplace_kernel(T* logits, const int64_t* __restrict__ tar
       write_zeros<T, VEC>(x, vocab);
       continue;
     }
-    // Read the target logit before any thread overwrites the row (row_lse synchronises).
+    // Read the target logit before any thread overwrites the row (row_max_sum synchronises).
     const float x_t = in_vocab(t, vocab) ? to_float(x[t]) : NAN;
-    const float lse = row_lse<T, VEC>(x, vocab, scratch);
-    if (threadIdx.x == 0) loss[row] = lse - x_t + z_loss * lse * lse;
-    write_grad<T, VEC>(x, x, vocab, t, lse, scale * (1.f + 2.f * z_loss * lse), scale);
+    const MaxSum st = row_max_sum<T, VEC>(x, vocab, scratch);
+    const float log_s = logf(st.s), lse = st.m + log_s;
+    if (threadIdx.x == 0) loss[row] = (st.m - x_t) + log_s + z_loss * lse * lse;
+    write_grad<T, VEC>(x, x, vocab, t, st.m, scale * (1.f + 2.f * z_loss * lse) / st.s, scale);
     __syncthreads();  // the next row's head/tail reads must not race this row's writes
   }
 }
@@ -220,20 +224,20 @@ int64_t blocks_for(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>
 }  // namespace
 
 cudaError_t launch_cross_entropy_fwd(DType dtype, const void* logits, const int64_t* targets, float* loss,
-                                     float* lse, int64_t rows, int64_t vocab, int64_t ignore_index, float z_loss,
+                                     float* stats, int64_t rows, int64_t vocab, int64_t ignore_index, float z_loss,
                                      cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   dispatch_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     constexpr int V = vec_width<T>();
     cross_entropy_fwd_kernel<T, V><<<static_cast<unsigned>(blocks_for(rows)), threads_for(vocab, V), 0, stream>>>(
-        static_cast<const T*>(logits), targets, loss, lse, rows, static_cast<int>(vocab), ignore_index, z_loss);
+        static_cast<const T*>(logits), targets, loss, stats, rows, static_cast<int>(vocab), ignore_index, z_loss);
   });
   return cudaGetLastError();
 }
 
 cudaError_t launch_cross_entropy_bwd(DType dtype, const float* grad_loss, const void* logits, const int64_t* targets,
-                                     const float* lse, void* grad_logits, int64_t rows, int64_t vocab,
+                                     const float* stats, void* grad_logits, int64_t rows, int64_t vocab,
                                      int64_t ignore_index, float z_loss, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   // Packs need the input and output rows to share their offset from a 16-byte boundary.
@@ -246,10 +250,10 @@ cudaError_t launch_cross_entropy_bwd(DType dtype, const float* grad_loss, const 
     const unsigned blocks = static_cast<unsigned>(blocks_for(rows));
     if (same_phase) {
       cross_entropy_bwd_kernel<T, V><<<blocks, threads_for(vocab, V), 0, stream>>>(
-          grad_loss, in, targets, lse, out, rows, static_cast<int>(vocab), ignore_index, z_loss);
+          grad_loss, in, targets, stats, out, rows, static_cast<int>(vocab), ignore_index, z_loss);
     } else {
       cross_entropy_bwd_kernel<T, 1><<<blocks, threads_for(vocab, 1), 0, stream>>>(
-          grad_loss, in, targets, lse, out, rows, static_cast<int>(vocab), ignore_index, z_loss);
+          grad_loss, in, targets, stats, out, rows, static_cast<int>(vocab), ignore_index, z_loss);
     }
   });
   return cudaGetLastError();

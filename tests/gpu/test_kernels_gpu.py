@@ -161,7 +161,7 @@ def _poison_cases():
     cos, sin = _rope(33, 64)
     a, b = _randn(5, 1001, dtype=bf), _randn(5, 1001, dtype=bf, seed=1)
     logits, t = _randn(77, 50257, dtype=bf), _targets(77, 50257)
-    loss, lse = ops_.cross_entropy_fwd(logits, t, -100, 0.0)
+    loss, stats = ops_.cross_entropy_fwd(logits, t, -100, 0.0)
     h, wv = _randn(300, 128, dtype=bf), _randn(5003, 128, scale=0.1, dtype=bf, seed=2)
     return {
         "rms_norm_fwd": (ops_.rms_norm_fwd, (x, w, 1e-6)),
@@ -170,7 +170,7 @@ def _poison_cases():
         "swiglu_fwd": (ops_.swiglu_fwd, (a, b)),
         "swiglu_bwd": (ops_.swiglu_bwd, (a, b, a)),
         "cross_entropy_fwd": (ops_.cross_entropy_fwd, (logits, t, -100, 0.0)),
-        "cross_entropy_bwd": (ops_.cross_entropy_bwd, (torch.ones_like(loss), logits, t, lse, -100, 0.0)),
+        "cross_entropy_bwd": (ops_.cross_entropy_bwd, (torch.ones_like(loss), logits, t, stats, -100, 0.0)),
         "fused_linear_cross_entropy_fwd": (ops_.fused_linear_cross_entropy_fwd, (h, wv, _targets(300, 5003), -100, 0.0, True)),
     }
 

@@ -42,10 +42,11 @@ def _swiglu_bwd_fake(grad, a, b):
 
 def _cross_entropy_fwd_fake(logits, targets, ignore_index, z_loss):
     n = logits.shape[0]
-    return logits.new_empty((n,), dtype=_acc_dtype(logits)), logits.new_empty((n,), dtype=_acc_dtype(logits))
+    # loss per row, and the softmax statistics (row max, sum of exp(logit - max)).
+    return logits.new_empty((n,), dtype=_acc_dtype(logits)), logits.new_empty((n, 2), dtype=_acc_dtype(logits))
 
 
-def _cross_entropy_bwd_fake(grad_loss, logits, targets, lse, ignore_index, z_loss):
+def _cross_entropy_bwd_fake(grad_loss, logits, targets, stats, ignore_index, z_loss):
     return logits.new_empty(logits.shape)
 
 
@@ -111,16 +112,16 @@ def _swiglu_backward(ctx, grad):
 
 def _cross_entropy_setup(ctx, inputs, output):
     logits, targets, ignore_index, z_loss = inputs
-    _loss, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(logits, targets, lse)
+    _loss, stats = output
+    ctx.mark_non_differentiable(stats)
+    ctx.save_for_backward(logits, targets, stats)
     ctx.ignore_index, ctx.z_loss = ignore_index, z_loss
 
 
-def _cross_entropy_backward(ctx, grad_loss, _grad_lse):
-    logits, targets, lse = ctx.saved_tensors
+def _cross_entropy_backward(ctx, grad_loss, _grad_stats):
+    logits, targets, stats = ctx.saved_tensors
     grad = torch.ops.trainer_kernels.cross_entropy_bwd(
-        grad_loss.contiguous(), logits, targets, lse, ctx.ignore_index, ctx.z_loss
+        grad_loss.contiguous(), logits, targets, stats, ctx.ignore_index, ctx.z_loss
     )
     return grad, None, None, None
 
@@ -194,7 +195,7 @@ def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, z_loss: float = 0.0
 ) -> torch.Tensor:
     targets = targets.long().contiguous()
-    loss_rows, _lse = torch.ops.trainer_kernels.cross_entropy_fwd(
+    loss_rows, _stats = torch.ops.trainer_kernels.cross_entropy_fwd(
         logits.contiguous(), targets, int(ignore_index), float(z_loss)
     )
     n_valid = (targets != ignore_index).sum().clamp(min=1)
