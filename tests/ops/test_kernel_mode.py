@@ -68,9 +68,32 @@ def test_auto_on_cpu_uses_the_reference_and_says_why(kernels_loaded):
     assert _ops_used_by_a_training_step(fused_loss=False) == set()
 
 
+def test_auto_with_a_failing_cuda_build_falls_back_and_warns_once(monkeypatch, caplog):
+    """A GPU machine whose toolchain cannot build (CUDA is the boundary faked here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ops, "_WARNED", False)
+
+    def failing_load(with_cuda, cache_dir=None):
+        assert with_cuda
+        raise build.KernelBuildError("nvcc 12.4 does not match CUDA 13.0 that torch was built with")
+
+    monkeypatch.setattr(build, "load", failing_load)
+    with caplog.at_level("WARNING", logger="trainer.ops"):
+        assert ops.set_kernel_mode("auto") == "reference"
+        assert ops.set_kernel_mode("auto") == "reference"
+    warnings = [r for r in caplog.records if "continuing on the PyTorch reference path" in r.getMessage()]
+    assert len(warnings) == 1 and "nvcc 12.4 does not match" in warnings[0].getMessage()
+    assert "nvcc 12.4" in ops.kernel_status()["reason"]
+    with pytest.raises(UserError, match="kernels=fused, but the custom kernels cannot be built.*nvcc 12.4"):
+        ops.set_kernel_mode("fused")
+    ops.set_kernel_mode("reference")
+
+
 def _python(code: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    full_env.pop("TRAINER_KERNELS_DIR", None)
+    """Run code in a fresh interpreter that has no prebuilt kernels to find."""
+    empty = Path(env["TRAINER_CACHE"]) / "no-prebuilt"
+    empty.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_KERNELS_DIR": str(empty), **env}
     return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)
 

@@ -25,6 +25,7 @@ MODES = ("auto", "fused", "reference")
 _MODE = "reference"  # the mode in effect
 _FUSED_DEVICES: frozenset[str] = frozenset()  # device types routed to the extension
 _STATUS: dict = {"requested": "reference", "effective": "reference", "fused_devices": [], "reason": None}
+_WARNED = False  # the fallback to the reference is reported once per process
 
 
 def set_kernel_mode(mode: str, cache_dir: str | None = None) -> str:
@@ -33,6 +34,7 @@ def set_kernel_mode(mode: str, cache_dir: str | None = None) -> str:
     cache_dir (paths.cache_dir) is where a JIT build goes, under kernels/; by default
     $TRAINER_CACHE or ~/.cache/trainer. Building happens here, once per process.
     """
+    global _WARNED
     if mode not in MODES:
         raise UserError(f"kernels={mode!r} is not a kernel mode: use kernels=auto, kernels=fused or kernels=reference")
     if mode == "reference":
@@ -51,7 +53,9 @@ def set_kernel_mode(mode: str, cache_dir: str | None = None) -> str:
                 f"kernels=fused, but the custom kernels cannot be built on this machine: {e}. "
                 "Fix that, or use kernels=auto (falls back to the PyTorch reference) or kernels=reference."
             ) from e
-        log.warning("custom kernels unavailable (%s); continuing on the PyTorch reference path", e)
+        if not _WARNED:
+            log.warning("custom kernels unavailable (%s); continuing on the PyTorch reference path", e)
+            _WARNED = True
         return _set("auto", "reference", frozenset(), f"build failed: {e}")
     fused.register()
     devices = frozenset({"cuda", "cpu"}) if mode == "fused" else frozenset({"cuda"})

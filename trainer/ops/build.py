@@ -2,8 +2,8 @@
 
 Lookup order, first hit wins:
 1. a prebuilt copy (`python -m trainer.ops.build`, run by the Dockerfile) in
-   $TRAINER_KERNELS_DIR or trainer/ops/_prebuilt/, if it was built from these sources for
-   this torch and covers this GPU;
+   $TRAINER_KERNELS_DIR (default trainer/ops/_prebuilt/), if it was built from these
+   sources for this torch and covers this GPU;
 2. the node-local JIT cache ${TRAINER_CACHE:-~/.cache/trainer}/kernels/<key>, where <key>
    hashes the sources, torch, CUDA, Python and the GPU architectures;
 3. a fresh ninja build into that cache directory.
@@ -56,6 +56,7 @@ class BuildInfo:
 
 
 _LOADED: BuildInfo | None = None
+_FAILED: dict[bool, KernelBuildError] = {}  # with_cuda -> the error: a failed build is not retried in-process
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -205,20 +206,17 @@ def _write_meta(directory: Path, identity: dict, library: Path, seconds: float) 
 
 def _matching_prebuilt(with_cuda: bool) -> Path | None:
     """A prebuilt directory built from these sources for this torch that runs on this GPU."""
-    candidates = [Path(p) for p in [os.environ.get("TRAINER_KERNELS_DIR")] if p] + [PREBUILT_DIR]
-    for directory in candidates:
-        meta = _read_meta(directory)
-        if meta is None:
-            continue
-        same = _identity(with_cuda, meta.get("archs", ""))
-        if any(meta.get(k) != v for k, v in same.items()):
-            continue
-        if with_cuda and not all(
-            _covers(meta["archs"], torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())
-        ):
-            continue
-        return directory
-    return None
+    directory = Path(os.environ.get("TRAINER_KERNELS_DIR") or PREBUILT_DIR)
+    meta = _read_meta(directory)
+    if meta is None:
+        return None
+    same = _identity(with_cuda, meta.get("archs", ""))
+    if any(meta.get(k) != v for k, v in same.items()):
+        return None
+    gpus = range(torch.cuda.device_count()) if with_cuda else []
+    if not all(_covers(meta["archs"], torch.cuda.get_device_capability(i)) for i in gpus):
+        return None
+    return directory
 
 
 def _load_library(path: Path) -> None:
@@ -235,11 +233,21 @@ def load(
     verbose: bool = False,
 ) -> BuildInfo:
     """Load the extension into this process (building it if needed); idempotent."""
-    global _LOADED
     if _LOADED is not None:
         if with_cuda and not _LOADED.with_cuda:
             raise KernelBuildError("the kernels were already loaded without CUDA in this process")
         return _LOADED
+    if with_cuda in _FAILED:
+        raise _FAILED[with_cuda]
+    try:
+        return _load(with_cuda, cache_dir, lock_timeout_s, verbose)
+    except KernelBuildError as e:
+        _FAILED[with_cuda] = e
+        raise
+
+
+def _load(with_cuda: bool, cache_dir, lock_timeout_s: float | None, verbose: bool) -> BuildInfo:
+    global _LOADED
     from filelock import FileLock, Timeout
 
     prebuilt = _matching_prebuilt(with_cuda)
