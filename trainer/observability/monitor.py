@@ -33,7 +33,7 @@ from trainer.observability.flops import measure_train_flops_per_sample, mfu
 from trainer.observability.nvml import THROTTLE_REASONS
 from trainer.observability.peaks import Peak, compute_dtype, peak_for, tf32_matmuls_enabled
 from trainer.observability.sampler import SystemSampler
-from trainer.observability.stats import WindowSummary, gpu_health, summarize
+from trainer.observability.stats import WindowSummary, gpu_health, gpu_memory_fraction, summarize
 from trainer.observability.timing import PHASES, CudaClock, HostClock, StepTimer, StepTimes
 from trainer.observability.verdict import Evidence, GpuHealth, Thresholds, Verdict, decide, stragglers, write_verdicts
 
@@ -216,8 +216,12 @@ class PerfMonitor(pl.Callback):
                    mfu=mfu(self.flops_per_sample, summary.samples_per_s, self.peak.flops))
         row.update({p: summary.fractions[p] for p in PHASES})
         mem = self._memory()
-        row.update(mem_frac=mem.get("reserved_frac"), alloc_retries=mem.get("alloc_retries", 0))
-        health = self._local_gpu_health(summary)
+        mem_fracs = [mem.get("reserved_frac")]
+        if self.sampler is not None and self._gpu_index is not None:
+            mem_fracs.append(gpu_memory_fraction(self._window_samples(), self._gpu_index))
+        row.update(mem_frac=max((m for m in mem_fracs if m is not None), default=None),
+                   alloc_retries=mem.get("alloc_retries", 0))
+        health = self._local_gpu_health()
         if health is not None:
             row.update(gpu_index=float(health.where.rsplit(" ", 1)[-1]), gpu_thermal=health.thermal_fraction,
                        gpu_power=health.power_fraction, gpu_sm_clock=health.sm_clock_mhz,
@@ -225,10 +229,15 @@ class PerfMonitor(pl.Callback):
                        gpu_reasons=float(sum(1 << _REASONS.index(r) for r in health.reasons if r in _REASONS)))
         return [NAN if v is None else float(v) for v in (row[k] for k in ROW)]
 
-    def _local_gpu_health(self, summary: WindowSummary) -> Optional[GpuHealth]:
-        if self.sampler is None or not self.window:
-            return None
-        return gpu_health(self.sampler.recent(since=self.window[0].wall_time - self.cfg.nvml_interval_s), self.host)
+    def _window_samples(self) -> list[dict]:
+        """This node's system samples taken during the current window."""
+        if self.sampler is None:
+            return []
+        since = self.window[0].wall_time - self.cfg.nvml_interval_s if self.window else 0.0
+        return self.sampler.recent(since=since)
+
+    def _local_gpu_health(self) -> Optional[GpuHealth]:
+        return gpu_health(self._window_samples(), self.host) if self.sampler is not None else None
 
     def _memory(self) -> dict:
         if self._device.type != "cuda":
@@ -275,7 +284,7 @@ class PerfMonitor(pl.Callback):
         rows = self._exchange(trainer, pl_module, step)
         if trainer.global_rank != 0:
             return None
-        verdict = decide(self._evidence(rows, step), self.thresholds)
+        verdict = decide(self._evidence(rows, step, trainer.node_rank), self.thresholds)
         if final:
             self.final_verdict = verdict
             self._report_final(trainer, verdict)
@@ -287,7 +296,10 @@ class PerfMonitor(pl.Callback):
             write_verdicts(self.run_dir / "perf" / "verdict.json", self.final_verdict, self.verdicts)
         return verdict
 
-    def _evidence(self, rows: list[dict], step: int) -> Evidence:
+    def _node_name(self, node_rank: int, own_node_rank: int) -> str:
+        return self.host if node_rank == own_node_rank else f"node {node_rank}"
+
+    def _evidence(self, rows: list[dict], step: int, trainer_node_rank: int) -> Evidence:
         from trainer.observability.stats import median
 
         def med(key: str) -> Optional[float]:
@@ -302,7 +314,8 @@ class PerfMonitor(pl.Callback):
             if gpu is None or max(r["gpu_thermal"], r["gpu_power"]) > max(gpu.thermal_fraction, gpu.power_fraction):
                 mask = int(r["gpu_reasons"] or 0)
                 gpu = GpuHealth(
-                    where=f"node {int(r['node_rank'])} GPU {int(r['gpu_index'])}", thermal_fraction=r["gpu_thermal"],
+                    where=self._node_name(int(r["node_rank"]), trainer_node_rank) + f" GPU {int(r['gpu_index'])}",
+                    thermal_fraction=r["gpu_thermal"],
                     power_fraction=r["gpu_power"], sm_clock_mhz=r["gpu_sm_clock"], sm_clock_max_mhz=r["gpu_sm_clock_max"],
                     temp_c=r["gpu_temp"], reasons=[n for i, n in enumerate(_REASONS) if mask & (1 << i)],
                 )

@@ -16,7 +16,7 @@ class WindowSummary:
     step_s: Optional[float]  # mean seconds per batch
     busy_s: Optional[float]  # median own-work seconds per batch (straggler comparison)
     phase_s: dict[str, Optional[float]]  # mean seconds per batch
-    fractions: dict[str, Optional[float]]  # share of the step time, summed over the window
+    fractions: dict[str, Optional[float]]  # median share of the step time over the window
     tokens_per_s: Optional[float]  # this rank
     samples_per_s: Optional[float]  # this rank
 
@@ -29,13 +29,10 @@ def summarize(steps: Sequence[StepTimes]) -> WindowSummary:
     phase_s, fractions = {}, {}
     for p in PHASES:
         vals = [getattr(s, p) for s in timed if getattr(s, p) is not None]
-        if vals:
-            # Phases missing on some steps: scale by the time of the steps that have them.
-            covered = sum(s.step_s for s in timed if getattr(s, p) is not None)
-            phase_s[p] = sum(vals) / len(vals)
-            fractions[p] = sum(vals) / covered
-        else:
-            phase_s[p] = fractions[p] = None
+        phase_s[p] = sum(vals) / len(vals) if vals else None
+        # Median of the per-step shares: one slow step (a GC pause, a busy neighbour) does not
+        # move it. The shares need not add up to exactly 1.
+        fractions[p] = median(getattr(s, p) / s.step_s for s in timed if getattr(s, p) is not None)
     tokens = [s.tokens for s in timed]
     return WindowSummary(
         steps=len(timed),
@@ -84,3 +81,10 @@ def gpu_health(samples: Sequence[dict], host: str) -> Optional[GpuHealth]:
 def mean(values: Iterable[Optional[float]]) -> Optional[float]:
     v = [x for x in values if x is not None]
     return sum(v) / len(v) if v else None
+
+
+def gpu_memory_fraction(samples: Sequence[dict], index: int) -> Optional[float]:
+    """Highest used/total memory of NVML GPU `index` over the samples (all processes on it count)."""
+    fracs = [g["mem_used_gb"] / g["mem_total_gb"] for s in samples for g in s.get("gpus", [])
+             if g["index"] == index and g.get("mem_total_gb")]
+    return max(fracs) if fracs else None
