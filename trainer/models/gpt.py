@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ from trainer import ops
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 256
+    vocab_size: Optional[int] = None  # None: taken from the data's tokenizer at build time
     seq_len: int = 256
     d_model: int = 128
     n_layers: int = 4
@@ -110,8 +111,13 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    config_class = GPTConfig  # the config's keys are GPTConfig's fields
+
+    def __init__(self, cfg: GPTConfig | None = None, **kwargs):
         super().__init__()
+        cfg = cfg or GPTConfig(**kwargs)
+        if cfg.vocab_size is None:
+            raise ValueError("GPTConfig.vocab_size is not set (the trainer fills it from the data)")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))

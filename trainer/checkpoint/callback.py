@@ -1,0 +1,92 @@
+"""The Lightning callback that saves checkpoints on a step cadence, at stop_after_steps, on a
+preemption request and at the end, through the atomic store in checkpoint/store.py."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+
+from trainer.checkpoint import store
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointManager(pl.Callback):
+    def __init__(
+        self,
+        root: Path,
+        every_n_steps: int,
+        keep_last: int,
+        checksum: str = "sha256",
+        save_final: bool = True,
+        stop_after_steps: int | None = None,
+        sharded: bool = False,
+        meta: dict[str, Any] | None = None,
+        stop_requested: Callable[[pl.Trainer], bool] | None = None,
+    ):
+        self.root = Path(root)
+        self.every_n_steps, self.keep_last, self.checksum = every_n_steps, keep_last, checksum
+        self.save_final, self.stop_after_steps = save_final, stop_after_steps
+        self.state_name = "state" if sharded else "state.ckpt"
+        self.meta = dict(meta or {})
+        self.stop_requested = stop_requested  # preemption: returns True on every rank once all agree
+        self.last_saved_step: int | None = None
+        self.stopped_early: str | None = None  # "stop_after_steps" | "preempted"
+        self._last_seen_step = -1
+        self.save_seconds: list[float] = []
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self._last_seen_step:
+            return  # inside a gradient-accumulation window: no optimizer step happened yet
+        self._last_seen_step = step
+        preempt = self.stop_requested is not None and self.stop_requested(trainer)
+        at_stop = self.stop_after_steps is not None and step >= self.stop_after_steps
+        if preempt or at_stop or step % self.every_n_steps == 0:
+            self.save(trainer, step)
+        if preempt or at_stop:
+            self.stopped_early = "preempted" if preempt else "stop_after_steps"
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.save_final and self.last_saved_step != trainer.global_step and trainer.global_step > 0:
+            self.save(trainer, trainer.global_step)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, trainer: pl.Trainer, step: int) -> Path:
+        t0 = time.perf_counter()
+        tmp = store.tmp_dir_for(self.root, step)
+        final = self.root / store.step_dir_name(step)
+        if trainer.is_global_zero:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a partial from a crash at this very step
+            tmp.mkdir(parents=True)
+        trainer.strategy.barrier("checkpoint-mkdir")
+        trainer.save_checkpoint(tmp / self.state_name, weights_only=False)  # barriers inside
+        if trainer.is_global_zero:
+            meta = {
+                **self.meta,
+                "world_size": trainer.world_size,
+                "num_nodes": trainer.num_nodes,
+                "global_step": step,
+            }
+            store.write_manifest(tmp, step=step, state=self.state_name, meta=meta, checksum=self.checksum)
+            store.publish(tmp, final)
+            removed = store.prune(self.root, self.keep_last)
+            for p in removed:
+                log.debug("pruned old checkpoint %s", p)
+        trainer.strategy.barrier("checkpoint-published")
+        self.last_saved_step = step
+        self.save_seconds.append(time.perf_counter() - t0)
+        return final
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "last_saved_step": self.last_saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_saved_step = state_dict.get("last_saved_step")

@@ -1,0 +1,178 @@
+"""Step-indexed sampling: which token windows a micro-batch holds is a pure function.
+
+A training sample is named by (seed, global optimizer step, slot), where the slots of one
+step run over the global batch, 0 <= slot < batch_size * accumulate * world_size. Its window
+start is a counter-based hash (splitmix64) of that triple, so any rank can compute any
+step's micro-batch without state: resume is exact mid-epoch, and 1 process accumulating 2
+micro-batches sees the same global batch as 2 processes accumulating 1.
+
+Rank r's micro-step a (0 <= a < accumulate) takes the slots
+    (a * world + r) * batch_size + i,   i in [0, batch_size).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 output function (Steele et al. 2014) applied to each uint64 counter."""
+    x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_keys(seed: int, step: int, slots: np.ndarray) -> np.ndarray:
+    """64-bit hash of (seed, step, slot) for each slot: mix the seed, fold in the step, mix, fold in the slot, mix."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        h = splitmix64(np.array([seed & _MASK64], dtype=np.uint64))
+        h = splitmix64(h ^ np.uint64(step & _MASK64))
+        return splitmix64(h ^ np.asarray(slots, dtype=np.uint64))
+
+
+def window_offsets(seed: int, step: int, slots: np.ndarray, num_windows: int) -> np.ndarray:
+    """Start offsets (int64) of the windows for these slots; windows start in [0, num_windows)."""
+    if num_windows <= 0:
+        raise ValueError(f"num_windows must be positive, got {num_windows}")
+    return (sample_keys(seed, step, slots) % np.uint64(num_windows)).astype(np.int64)
+
+
+def micro_batch_slots(micro_step: int, world_size: int, rank: int, batch_size: int) -> np.ndarray:
+    """The global-batch slots that rank `rank` reads at micro-step `micro_step` of an optimizer step."""
+    first = (micro_step * world_size + rank) * batch_size
+    return np.arange(first, first + batch_size, dtype=np.uint64)
+
+
+def micro_batch_indices(
+    seed: int, step: int, accumulate: int, world_size: int, rank: int, batch_size: int, num_windows: int
+) -> list[np.ndarray]:
+    """Window offsets of each of this rank's `accumulate` micro-batches at optimizer step `step`."""
+    return [
+        window_offsets(seed, step, micro_batch_slots(a, world_size, rank, batch_size), num_windows)
+        for a in range(accumulate)
+    ]
+
+
+def evenly_spaced_offsets(count: int, num_windows: int) -> np.ndarray:
+    """`count` window starts spread evenly over [0, num_windows): the fixed validation set."""
+    if count == 1:
+        return np.zeros(1, dtype=np.int64)
+    return (np.arange(count, dtype=np.int64) * (num_windows - 1)) // (count - 1)
+
+
+def rank_val_batches(offsets: np.ndarray, world_size: int, rank: int, batch_size: int) -> list[np.ndarray]:
+    """This rank's share of the validation windows, in batches.
+
+    Like torch's DistributedSampler, the list is padded by repeating its first windows so every
+    rank runs the same number of batches: a ZeRO-3 forward is a collective, and a rank with one
+    batch fewer would leave the others waiting forever.
+    """
+    per_rank = -(-len(offsets) // world_size)
+    padded = np.resize(offsets, per_rank * world_size)  # np.resize repeats from the start
+    mine = padded[rank::world_size]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+class StepSampler(Sampler[np.ndarray]):
+    """Yields, for each optimizer step from the trainer's current one up to max_steps, this
+    rank's `accumulate` micro-batches as arrays of window offsets.
+
+    The start step is read when iteration begins, not at construction: Lightning restores
+    global_step from a checkpoint before it iterates the loader, and may iterate it again.
+    """
+
+    def __init__(
+        self,
+        current_step: Callable[[], int],
+        max_steps: int,
+        seed: int,
+        accumulate: int,
+        world_size: int,
+        rank: int,
+        batch_size: int,
+        num_windows: int,
+    ):
+        self.current_step = current_step
+        self.max_steps, self.seed = max_steps, seed
+        self.accumulate, self.world_size, self.rank = accumulate, world_size, rank
+        self.batch_size, self.num_windows = batch_size, num_windows
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for step in range(self.current_step(), self.max_steps):
+            yield from micro_batch_indices(
+                self.seed, step, self.accumulate, self.world_size, self.rank, self.batch_size, self.num_windows
+            )
+
+    def __len__(self) -> int:
+        # The whole run is one epoch. On resume Lightning adds the micro-batches it had already
+        # run this epoch (restored from the checkpoint) to its count of fetched batches and ends
+        # the epoch when that count reaches len(loader); so the length is the run's total, not
+        # what is left, while iteration starts at the restored step.
+        return self.max_steps * self.accumulate
+
+
+class TokenWindows(Dataset):
+    """Reads batches of (seq_len + 1)-token windows from a memory-mapped token file.
+
+    Indexed by an array of window offsets (one micro-batch) and returns (inputs, targets),
+    LongTensors of shape (B, T), targets shifted by one. The memmap is opened lazily so the
+    dataset pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, path: Path, dtype: str, num_tokens: int, seq_len: int, delay_s: float = 0.0):
+        self.path, self.dtype, self.num_tokens = Path(path), np.dtype(dtype), num_tokens
+        self.seq_len, self.delay_s = seq_len, delay_s
+        self._tokens: np.ndarray | None = None
+
+    @property
+    def num_windows(self) -> int:
+        return self.num_tokens - self.seq_len
+
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:
+            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+        return self._tokens
+
+    def __getitem__(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay_s:
+            time.sleep(self.delay_s)  # debug knob: make the run input-bound on purpose
+        index = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(self.seq_len + 1)  # (B, T+1)
+        windows = torch.from_numpy(self.tokens()[index].astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}
+
+
+class StepIndexedDataLoader(DataLoader):
+    """A DataLoader whose position is the trainer's global step, so it is resumable without state.
+
+    It offers state_dict/load_state_dict so Lightning knows it is resumable (and does not warn
+    about mid-epoch checkpoints); the state is the sampling identity, which is checked on load.
+    """
+
+    def __init__(self, *args, sampling_state: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sampling_state = sampling_state
+
+    def state_dict(self) -> dict:
+        return dict(self.sampling_state)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        changed = {k: (v, self.sampling_state.get(k)) for k, v in state_dict.items() if self.sampling_state.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            warnings.warn(
+                f"resuming with different training data ({detail}): the samples after resume are not the "
+                "ones the checkpointed run would have seen",
+                stacklevel=2,
+            )

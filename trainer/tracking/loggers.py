@@ -1,0 +1,139 @@
+"""Loggers: a CSV log that is always on, and W&B (offline unless the user configured a key).
+
+W&B never stops training: if it cannot start or fails while logging, a warning is printed
+once and the run carries on with the CSV log. The W&B run id lives in the run dir
+(`wandb_id.txt`), so every restart of a run continues the same W&B run.
+"""
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+log = logging.getLogger(__name__)
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B id for this run dir, created once and reused by every restart."""
+    path = run_dir / WANDB_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    rid = secrets.token_hex(4)
+    if rank_zero_only.rank == 0:
+        path.write_text(rid + "\n")
+    return rid
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode == "auto":
+        return "online" if wandb_has_key() else "offline"
+    return mode
+
+
+def build_loggers(
+    run_dir: Path,
+    *,
+    run_name: str,
+    csv: bool,
+    wandb: bool,
+    wandb_mode: str,
+    project: str,
+    entity: str | None,
+    tags: list[str],
+    config: dict[str, Any],
+) -> list[Logger]:
+    loggers: list[Logger] = []
+    if csv:
+        # version="" keeps metrics.csv directly under <run_dir>/csv/ across restarts.
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    mode = resolve_wandb_mode(wandb_mode)
+    if wandb and mode != "disabled":
+        wb = _make_wandb(run_dir, run_name=run_name, mode=mode, project=project, entity=entity, tags=tags, config=config)
+        if wb is not None:
+            loggers.append(wb)
+    return loggers
+
+
+def _make_wandb(run_dir: Path, *, run_name: str, mode: str, project: str, entity: str | None, tags: list[str], config):
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except Exception as e:  # wandb missing or broken: never stop training for it
+        log.warning("W&B is unavailable (%s); continuing with the CSV log only", e)
+        return None
+
+    class SafeWandbLogger(WandbLogger):
+        """WandbLogger whose failures turn into one warning instead of a crashed run."""
+
+        _broken = False
+
+        def _guard(self, fn, *args, **kwargs):
+            if self._broken:
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any W&B failure is non-fatal by design
+                self._broken = True
+                log.warning("W&B logging failed (%s); continuing with the CSV log only", e)
+                return None
+
+        @rank_zero_only
+        def log_metrics(self, metrics, step=None):
+            self._guard(super().log_metrics, metrics, step)
+
+        @rank_zero_only
+        def log_hyperparams(self, params, *args, **kwargs):
+            self._guard(super().log_hyperparams, params, *args, **kwargs)
+
+        @rank_zero_only
+        def finalize(self, status):
+            self._guard(super().finalize, status)
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")  # our console output stays ours
+    try:
+        return SafeWandbLogger(
+            project=project,
+            entity=entity,
+            name=f"{run_name}/{run_dir.name}",
+            id=wandb_run_id(run_dir),
+            resume="allow",
+            save_dir=str(run_dir),
+            mode=mode,
+            tags=list(tags),
+            config=config,
+            settings=_wandb_settings(),
+        )
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B could not start (%s); continuing with the CSV log only", e)
+        return None
+
+
+def _wandb_settings():
+    import wandb
+
+    # No code or git diff upload, no stdout capture: the run dir already holds what matters.
+    return wandb.Settings(save_code=False, disable_git=True, console="off", x_disable_stats=False)
+
+
+def wandb_sync_hint(run_dir: Path) -> str | None:
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    if not runs:
+        return None
+    return f"wandb sync {runs[-1]}"
