@@ -36,10 +36,12 @@ class Tokens(Dataset):
 class TinyLM(pl.LightningModule):
     def __init__(self, d_model=64):
         super().__init__()
-        self.net = GPT(GPTConfig(seq_len=SEQ, d_model=d_model, n_layers=2, n_heads=4))
+        self.net = GPT(GPTConfig(vocab_size=256, seq_len=SEQ, d_model=d_model, n_layers=2, n_heads=4))
 
     def training_step(self, batch, batch_idx):
-        return self.net(*batch)
+        loss = self.net(*batch)
+        self.log("train/loss", loss)
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
@@ -52,7 +54,8 @@ def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_mod
                           log_every_n_steps=4, verdict_every_n_steps=8, straggler_every_n_steps=4,
                           nvml_interval_s=0.05, warmup_steps=2, **obs)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv"),
-                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                         log_every_n_steps=4)
     trainer.fit(module, DataLoader(Tokens(10_000, delay_s), batch_size=8))
     return monitor
 
@@ -76,7 +79,8 @@ def test_compute_bound_run_writes_records_metrics_and_verdict(tmp_path):
     # metrics reach the logger on the loss's step axis
     rows = list(csv.DictReader(open(next(tmp_path.glob("csv/*/metrics.csv")))))
     logged = [r for r in rows if r.get("perf/tokens_per_s")]
-    assert [int(r["step"]) for r in logged] == [4, 8, 12, 16]
+    loss_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert [int(r["step"]) for r in logged] == loss_steps == [3, 7, 11, 15]  # the loss's own step axis
     assert float(logged[-1]["perf/mfu"]) > 0 and float(logged[-1]["perf/frac/backward"]) > 0.1
     assert any(r.get(f"sys/{monitor.host}/rss_gb") for r in rows)
     assert (tmp_path / "perf" / f"sys_{monitor.host}.jsonl").stat().st_size > 0
@@ -97,9 +101,9 @@ def test_mfu_is_counted_when_the_model_has_no_formula(tmp_path):
 
 
 @pytest.mark.parametrize("cfg", [
-    GPTConfig(seq_len=128, d_model=64, n_layers=2, n_heads=4),
+    GPTConfig(vocab_size=256, seq_len=128, d_model=64, n_layers=2, n_heads=4),
     GPTConfig(seq_len=256, d_model=96, n_layers=3, n_heads=6, vocab_size=512),
-    GPTConfig(seq_len=64, d_model=128, n_layers=2, n_heads=8, tie_embeddings=False),
+    GPTConfig(vocab_size=256, seq_len=64, d_model=128, n_layers=2, n_heads=8, tie_embeddings=False),
 ])
 def test_gpt_flops_per_token_matches_the_flop_counter(cfg):
     """The 6N + attention formula against torch's FlopCounterMode on the real model (within 5%)."""

@@ -24,7 +24,6 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 
 from trainer.errors import UserError
 from trainer.observability.comm import install_ddp_timing_hook
@@ -37,7 +36,7 @@ from trainer.observability.stats import WindowSummary, gpu_health, gpu_memory_fr
 from trainer.observability.timing import PHASES, CudaClock, HostClock, StepTimer, StepTimes
 from trainer.observability.verdict import Evidence, GpuHealth, Thresholds, Verdict, decide, stragglers, write_verdicts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("trainer.perf")
 
 # One row per rank in the straggler/verdict exchange (floats; NaN = not available).
 ROW = ("busy_s", "step_s", "data", "forward", "backward", "comm", "optimizer", "tokens_per_s", "samples_per_s",
@@ -194,7 +193,7 @@ class PerfMonitor(pl.Callback):
             return
         self._last_handled_step = step
         if step % self.log_every_n_steps == 0:
-            self._log_interval(trainer, step)
+            self._log_interval(trainer, step, logger_step(trainer))
         if step % self.cfg.verdict_every_n_steps == 0:
             self._exchange_and_decide(trainer, pl_module, step, final=False)
         elif step % self.cfg.straggler_every_n_steps == 0:
@@ -277,7 +276,7 @@ class PerfMonitor(pl.Callback):
             if slow:
                 metrics["perf/straggler/slowest_rank"] = slow[0][0]
                 metrics["perf/straggler/slowdown"] = slow[0][1]
-            self._log_metrics(trainer, metrics, step)
+            self._log_metrics(trainer, metrics, logger_step(trainer))
         return rows
 
     def _exchange_and_decide(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, final: bool) -> Optional[Verdict]:
@@ -291,7 +290,7 @@ class PerfMonitor(pl.Callback):
         else:
             self.verdicts.append(verdict)
             name = f"straggler rank {verdict.straggler_rank}" if verdict.straggler_rank is not None else verdict.bottleneck
-            rank_zero_info(f"perf verdict @ step {step}: {name}: {verdict.evidence}")
+            log.info(f"perf verdict @ step {step}: {name}: {verdict.evidence}")
         if self.run_dir is not None:
             write_verdicts(self.run_dir / "perf" / "verdict.json", self.final_verdict, self.verdicts)
         return verdict
@@ -339,10 +338,10 @@ class PerfMonitor(pl.Callback):
         per_sample, note = measure_train_flops_per_sample(net, inputs)
         self.flops_per_sample, self.flops_note = per_sample, note
         if per_sample is None:
-            rank_zero_info(f"perf: MFU skipped: {note}")
+            log.info(f"perf: MFU skipped: {note}")
 
     # ------------------------------------------------------------------ output
-    def _log_interval(self, trainer: pl.Trainer, step: int) -> None:
+    def _log_interval(self, trainer: pl.Trainer, step: int, log_step: int) -> None:
         steps, self.since_log = self.since_log, []
         if trainer.global_rank != 0:
             return
@@ -368,9 +367,9 @@ class PerfMonitor(pl.Callback):
         for k, v in self._memory().items():
             metrics[f"perf/mem/{k}"] = v
         metrics.update(self._system_metrics())
-        self._log_metrics(trainer, metrics, step)
+        self._log_metrics(trainer, metrics, log_step)
         if s.step_s is not None:
-            rank_zero_info(self._console_line(step, s, metrics.get("perf/mfu")))
+            log.info(self._console_line(step, s, metrics.get("perf/mfu")))
 
     def _console_line(self, step: int, s: WindowSummary, achieved: Optional[float]) -> str:
         phases = " ".join(f"{p[:4]} {100 * s.fractions[p]:.0f}%" for p in PHASES if s.fractions[p] is not None)
@@ -429,6 +428,13 @@ class PerfMonitor(pl.Callback):
     @staticmethod
     def _write(fh: Any, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")
+
+
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs this batch's loss under (it counts batches that stepped, and
+    increments after logging), so perf metrics share the loss's x-axis in W&B and the CSV."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
 
 
 def print_verdict_table(verdict: Verdict) -> None:

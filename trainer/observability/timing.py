@@ -128,8 +128,11 @@ class StepTimer:
         self._interrupted = True  # the first batch has no meaningful data wait
 
     def interrupt(self) -> None:
-        """Something other than data loading (validation, checkpointing) happens before the next batch."""
+        """Something other than training (validation, checkpointing) runs now: the batch in
+        progress, if any, and the gap before the next one are left out of the step timing."""
         self._interrupted = True
+        if self._current is not None:
+            self._current.interrupted = True
 
     def batch_start(self, batch_idx: int, samples: int, tokens: Optional[int]) -> None:
         start = self.clock.mark()
@@ -177,7 +180,8 @@ class StepTimer:
 
     def _resolve(self, m: StepMarks) -> StepTimes:
         sec = self.clock.seconds
-        step_s = sec(m.prev_end, m.end) if m.prev_end is not None else None
+        full = m.prev_end is not None and not m.interrupted
+        step_s = sec(m.prev_end, m.end) if full else None
         data = sec(m.prev_end, m.start) if m.prev_end is not None else None
         forward = backward = optimizer = comm = None
         if m.before_backward is not None and m.after_backward is not None:
@@ -192,5 +196,7 @@ class StepTimer:
                 last_done = max(done, key=lambda x: sec(m.start, x))
                 comm = min(max(sec(last_launch, last_done), 0.0), backward)
                 backward -= comm
+        if m.interrupted and m.prev_end is not None:
+            optimizer = None  # a checkpoint was saved inside this batch, after backward
         return StepTimes(m.step, m.batch_idx, m.samples, m.tokens, m.wall_time, step_s,
                          sec(m.start, m.end), data, forward, backward, comm, optimizer)
