@@ -53,7 +53,7 @@ def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_mod
     monitor = PerfMonitor(tmp_path, module.net.flops_per_token() if flops else None, SEQ if flops else None,
                           log_every_n_steps=4, verdict_every_n_steps=8, straggler_every_n_steps=4,
                           nvml_interval_s=0.05, warmup_steps=2, **obs)
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv"),
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                          log_every_n_steps=4)
     trainer.fit(module, DataLoader(Tokens(10_000, delay_s), batch_size=8))
@@ -77,13 +77,22 @@ def test_compute_bound_run_writes_records_metrics_and_verdict(tmp_path):
     assert verdict["final"] and verdict["verdict"]["bottleneck"] == COMPUTE and len(verdict["history"]) == 2
     assert monitor.final_verdict.bottleneck == COMPUTE and "MFU" in monitor.final_verdict.evidence
     # metrics reach the logger on the loss's step axis
-    rows = list(csv.DictReader(open(next(tmp_path.glob("csv/*/metrics.csv")))))
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
     logged = [r for r in rows if r.get("perf/tokens_per_s")]
     loss_steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert [int(r["step"]) for r in logged] == loss_steps == [3, 7, 11, 15]  # the loss's own step axis
     assert float(logged[-1]["perf/mfu"]) > 0 and float(logged[-1]["perf/frac/backward"]) > 0.1
     assert any(r.get(f"sys/{monitor.host}/rss_gb") for r in rows)
     assert (tmp_path / "perf" / f"sys_{monitor.host}.jsonl").stat().st_size > 0
+
+    # the report is built from the run dir alone
+    from trainer.report import build_report
+
+    index = build_report(tmp_path)
+    page = index.read_text()
+    assert "compute-bound" in page and "MFU" in page
+    for png in ("loss.png", "throughput.png", "phases.png", "system.png"):
+        assert (index.parent / png).stat().st_size > 5000 and f"src='{png}'" in page
 
 
 def test_slow_dataset_is_input_bound(tmp_path):

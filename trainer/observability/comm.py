@@ -6,8 +6,8 @@ all-reduce, the same maths DDP does without a hook) and mark when a bucket was h
 and when its reduction finished. Other strategies (FSDP, DeepSpeed) reduce inside their own
 engines: their communication stays inside the backward phase and is reported as not separated.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: DDP checks the hook's annotations against the
+# real classes (dist.GradBucket, torch.futures.Future) and rejects string annotations.
 from typing import Any, Callable, Optional
 
 import torch
@@ -25,11 +25,11 @@ def install_ddp_timing_hook(ddp_model: Any, clock: Any, record: Callable[[Any, A
     if not isinstance(ddp_model, DistributedDataParallel):
         return f"communication is inside the {type(ddp_model).__name__} backward (not separated)"
 
-    def timed_allreduce(process_group: Optional[dist.ProcessGroup], bucket: dist.GradBucket) -> torch.futures.Future:
+    def timed_allreduce(process_group: Optional[dist.ProcessGroup], bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         launch = clock.mark()
         fut = default_hooks.allreduce_hook(process_group, bucket)
 
-        def finished(f: torch.futures.Future) -> torch.Tensor:
+        def finished(f: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
             # Runs once the reduction is done (for CUDA futures, with the current stream
             # synchronised to the communication stream, so an event recorded here completes
             # when the all-reduce does).
@@ -40,6 +40,6 @@ def install_ddp_timing_hook(ddp_model: Any, clock: Any, record: Callable[[Any, A
 
     try:
         ddp_model.register_comm_hook(state=None, hook=timed_allreduce)
-    except RuntimeError as e:  # a hook is already registered (by the user or the strategy)
-        return f"communication not separated: {e}"
+    except Exception as e:  # a hook is already registered (by the user or the strategy): keep theirs
+        return f"communication not separated (DDP comm hook not installed: {e})"
     return None
