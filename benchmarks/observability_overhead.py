@@ -1,0 +1,129 @@
+"""Cost of always-on observability: step time with PerfMonitor on vs off, default model.
+
+    python benchmarks/observability_overhead.py [--steps 30] [--rounds 3] [--device cpu|cuda]
+
+The default experiment's model and data (GPT 0.9M on stdlib bytes, seq 256, batch 16) are
+trained for `--steps` steps with and without PerfMonitor, alternating on/off for `--rounds`
+rounds so that drift in machine load hits both alike. Reported:
+  * step-time ratio on/off (median over rounds of the mean steady-state step time);
+  * time spent inside PerfMonitor's hooks per step, as a share of the step: the direct cost,
+    which does not drown in the noise of a shared machine the way an A/B difference can.
+The monitor runs exactly as in training (run dir files, NVML/psutil sampler thread, CSV
+logging, straggler exchange and verdict at their default intervals).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from trainer.data import TokenDataModule
+from trainer.models.gpt import GPT, GPTConfig
+from trainer.module import TrainModule
+from trainer.observability import ObservabilityConfig, PerfMonitor
+
+HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_train_batch_end")
+
+
+class SteadyStateClock(pl.Callback):
+    """Wall time between the end of step `warmup` and the end of the last step (two clock reads)."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.t0, self.t1, self.steps = warmup, None, None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warmup:
+            self.t0 = time.perf_counter()
+        elif trainer.global_step > self.warmup:
+            self.t1, self.steps = time.perf_counter(), trainer.global_step - self.warmup
+
+    @property
+    def step_s(self) -> float:
+        return (self.t1 - self.t0) / self.steps
+
+
+def instrument(monitor: PerfMonitor) -> dict:
+    """Accumulate the time spent inside the monitor's per-step hooks."""
+    spent = {"s": 0.0}
+    for name in HOOKS:
+        original = getattr(monitor, name)
+
+        @functools.wraps(original)
+        def timed(*args, _original=original, **kwargs):
+            t = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent["s"] += time.perf_counter() - t
+
+        setattr(monitor, name, timed)
+    return spent
+
+
+def run_once(data: TokenDataModule, steps: int, warmup: int, observe: bool, device: str, workdir: Path) -> tuple[float, float]:
+    pl.seed_everything(0, verbose=False)
+    net = GPT(GPTConfig(vocab_size=data.vocab_size, seq_len=256, d_model=128, n_layers=4, n_heads=4))
+    module = TrainModule(net, lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-8, warmup_steps=20,
+                         schedule="cosine", min_lr_ratio=0.1, max_steps=steps)
+    clock = SteadyStateClock(warmup)
+    callbacks: list = [clock]
+    spent = {"s": 0.0}
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    if observe:
+        cfg = vars(ObservabilityConfig())
+        monitor = PerfMonitor(run_dir, net.flops_per_token(), 256, log_every_n_steps=10, **cfg)
+        spent = instrument(monitor)
+        callbacks.insert(0, monitor)
+    trainer = pl.Trainer(accelerator=device, devices=1, max_steps=steps, precision="bf16-mixed" if device == "cuda" else "32-true",
+                         callbacks=callbacks, logger=pl.loggers.CSVLogger(run_dir, name="csv", version=""),
+                         log_every_n_steps=10, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         use_distributed_sampler=False)
+    trainer.fit(module, datamodule=data)
+    hooks_per_step = spent["s"] / steps
+    return clock.step_s, hooks_per_step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cache-dir", default=str(Path("~/.cache/trainer/data").expanduser()))
+    args = ap.parse_args()
+    import logging
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=256, batch_size=16, cache_dir=args.cache_dir)
+    data.prepare_data()
+    data.setup("fit")
+    on, off, hooks = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            order = (True, False) if r % 2 == 0 else (False, True)  # ABBA: drift hits both alike
+            for observe in order:
+                step_s, hook_s = run_once(data, args.steps, args.warmup, observe, args.device, Path(tmp))
+                (on if observe else off).append(step_s)
+                if observe:
+                    hooks.append(hook_s / step_s)
+                print(f"round {r} observability={'on ' if observe else 'off'}: {1000 * step_s:8.2f} ms/step"
+                      + (f"  (hooks {1e6 * hook_s:.0f} us/step)" if observe else ""), flush=True)
+    ratio = statistics.median(on) / statistics.median(off)
+    print(f"\ndevice {args.device}, {args.steps} steps x {args.rounds} rounds, default model (GPT 0.9M, seq 256, batch 16)")
+    print(f"step time on/off (median of rounds): {1000 * statistics.median(on):.2f} / {1000 * statistics.median(off):.2f} ms"
+          f"  ratio {ratio:.4f}  ({100 * (ratio - 1):+.2f}%)")
+    print(f"time inside PerfMonitor hooks: {100 * statistics.median(hooks):.3f}% of each step (median of rounds)")
+
+
+if __name__ == "__main__":
+    main()
