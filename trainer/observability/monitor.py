@@ -417,13 +417,19 @@ class PerfMonitor(pl.Callback):
         print_verdict_table(verdict)
 
     def _nvml_index(self) -> Optional[int]:
-        if self.sampler is None:
-            return None
+        """NVML index of this rank's GPU (CUDA ordinals differ from NVML's under CUDA_VISIBLE_DEVICES)."""
+        from trainer.observability.nvml import NvmlReader
+
         try:
             uuid = str(torch.cuda.get_device_properties(self._device).uuid)
         except Exception:
             return None
-        return self.sampler.nvml.index_of_uuid(uuid) if self.sampler.nvml.available else None
+        reader = self.sampler.nvml if self.sampler is not None else NvmlReader()
+        try:
+            return reader.index_of_uuid(uuid) if reader.available else None
+        finally:
+            if self.sampler is None:
+                reader.close()
 
     @staticmethod
     def _write(fh: Any, record: dict) -> None:
