@@ -225,3 +225,15 @@ def test_gpu_health_picks_the_worst_gpu():
     assert h.where == "n0 GPU 1" and h.power_fraction == pytest.approx(0.5) and h.thermal_fraction == 0.0
     assert h.reasons == ["sw_power_cap"]
     assert gpu_health([{"t": 0, "sys": {}}], "n0") is None
+
+
+# ---------------------------------------------------------------- report CLI errors
+def test_report_cli_rejects_bad_arguments_with_exit_2(tmp_path, capsys):
+    from trainer.report import main
+
+    for argv, needle in ([[], "usage"], [[f"run.dir={tmp_path / 'nope'}"], "is not a directory"],
+                         [[f"run.dir={tmp_path}"], "has no perf/"], [["--bogus"], "unknown argument"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert needle in capsys.readouterr().err

@@ -41,7 +41,7 @@ log = logging.getLogger("trainer.perf")
 # One row per rank in the straggler/verdict exchange (floats; NaN = not available).
 ROW = ("busy_s", "step_s", "data", "forward", "backward", "comm", "optimizer", "tokens_per_s", "samples_per_s",
        "mfu", "mem_frac", "alloc_retries", "node_rank", "gpu_index", "gpu_thermal", "gpu_power",
-       "gpu_sm_clock", "gpu_sm_clock_max", "gpu_temp", "gpu_reasons")
+       "gpu_sm_clock", "gpu_sm_clock_max", "gpu_temp", "gpu_reasons", "peak_allocated_gb", "peak_reserved_gb")
 _REASONS = list(THROTTLE_REASONS)
 NAN = float("nan")
 
@@ -219,7 +219,8 @@ class PerfMonitor(pl.Callback):
         if self.sampler is not None and self._gpu_index is not None:
             mem_fracs.append(gpu_memory_fraction(self._window_samples(), self._gpu_index))
         row.update(mem_frac=max((m for m in mem_fracs if m is not None), default=None),
-                   alloc_retries=mem.get("alloc_retries", 0))
+                   alloc_retries=mem.get("alloc_retries", 0), peak_allocated_gb=mem.get("peak_allocated_gb"),
+                   peak_reserved_gb=mem.get("peak_reserved_gb"))
         health = self._local_gpu_health()
         if health is not None:
             row.update(gpu_index=float(health.where.rsplit(" ", 1)[-1]), gpu_thermal=health.thermal_fraction,
@@ -273,9 +274,14 @@ class PerfMonitor(pl.Callback):
                     metrics[f"perf/straggler/busy_s/rank{rank}"] = r["busy_s"]
                 if r["step_s"] is not None:
                     metrics[f"perf/straggler/step_s/rank{rank}"] = r["step_s"]
+                for key in ("peak_allocated_gb", "peak_reserved_gb"):
+                    if r[key] is not None:
+                        metrics[f"perf/mem/rank{rank}/{key}"] = r[key]
             if slow:
                 metrics["perf/straggler/slowest_rank"] = slow[0][0]
                 metrics["perf/straggler/slowdown"] = slow[0][1]
+                log.warning("perf: straggler rank %d at step %d: %.0f%% slower than the other ranks (busy %s s/step)",
+                            slow[0][0], step, 100 * slow[0][1], ", ".join(f"{b:.3f}" if b else "n/a" for b in busy))
             self._log_metrics(trainer, metrics, logger_step(trainer))
         return rows
 
@@ -343,6 +349,9 @@ class PerfMonitor(pl.Callback):
     # ------------------------------------------------------------------ output
     def _log_interval(self, trainer: pl.Trainer, step: int, log_step: int) -> None:
         steps, self.since_log = self.since_log, []
+        mem = self._memory()
+        if mem and self._records is not None:  # every rank keeps its own peak memory
+            self._write(self._records, {"kind": "mem", "step": step, **mem})
         if trainer.global_rank != 0:
             return
         s = summarize([st for st in steps if st.step > self.cfg.warmup_steps] or steps)
@@ -364,7 +373,7 @@ class PerfMonitor(pl.Callback):
                 metrics["perf/tflops_per_rank"] = self.flops_per_sample * s.samples_per_s / 1e12
             if achieved is not None:
                 metrics["perf/mfu"] = achieved
-        for k, v in self._memory().items():
+        for k, v in mem.items():
             metrics[f"perf/mem/{k}"] = v
         metrics.update(self._system_metrics())
         self._log_metrics(trainer, metrics, log_step)
