@@ -5,7 +5,7 @@
 The default experiment's model and data (GPT 0.9M on stdlib bytes, seq 256, batch 16) are
 trained for `--steps` steps with and without PerfMonitor, alternating on/off for `--rounds`
 rounds so that drift in machine load hits both alike. Reported:
-  * step-time ratio on/off (median over rounds of the mean steady-state step time);
+  * step-time ratio on/off (median over rounds of the median steady-state step time);
   * time spent inside PerfMonitor's hooks per step, as a share of the step: the direct cost,
     which does not drown in the noise of a shared machine the way an A/B difference can.
 The monitor runs exactly as in training (run dir files, NVML/psutil sampler thread, CSV
@@ -32,20 +32,24 @@ HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_
 
 
 class SteadyStateClock(pl.Callback):
-    """Wall time between the end of step `warmup` and the end of the last step (two clock reads)."""
+    """Per-step wall time after `warmup` steps (one clock read per step, in both arms alike).
+
+    The median step is reported: on a shared machine a neighbour's burst lands on a few
+    steps, and the median ignores them where a mean would not.
+    """
 
     def __init__(self, warmup: int):
-        self.warmup, self.t0, self.t1, self.steps = warmup, None, None, 0
+        self.warmup, self.last, self.durations = warmup, None, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.warmup:
-            self.t0 = time.perf_counter()
-        elif trainer.global_step > self.warmup:
-            self.t1, self.steps = time.perf_counter(), trainer.global_step - self.warmup
+        now = time.perf_counter()
+        if trainer.global_step > self.warmup and self.last is not None:
+            self.durations.append(now - self.last)
+        self.last = now
 
     @property
     def step_s(self) -> float:
-        return (self.t1 - self.t0) / self.steps
+        return statistics.median(self.durations)
 
 
 def instrument(monitor: PerfMonitor) -> dict:
@@ -96,14 +100,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
     ap.add_argument("--cache-dir", default=str(Path("~/.cache/trainer/data").expanduser()))
     args = ap.parse_args()
     import logging
 
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.device == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     data = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=256, batch_size=16, cache_dir=args.cache_dir)
     data.prepare_data()
     data.setup("fit")

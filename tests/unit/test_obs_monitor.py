@@ -124,3 +124,33 @@ def test_gpt_flops_per_token_matches_the_flop_counter(cfg):
     assert model.flops_per_token() * B * cfg.seq_len == pytest.approx(counted, rel=0.05)
     per_sample, _ = measure_train_flops_per_sample(model, idx)
     assert per_sample == pytest.approx(model.flops_per_token() * cfg.seq_len, rel=0.05)
+
+
+def test_torch_profiler_window_writes_trace_and_top_kernels(tmp_path):
+    from trainer.observability import StepWindowProfiler
+
+    profiler = StepWindowProfiler(tmp_path, start_step=3, num_steps=2, row_limit=10)
+    trainer = pl.Trainer(max_steps=6, accelerator="cpu", callbacks=[profiler], logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(TinyLM(), DataLoader(Tokens(1000), batch_size=4))
+    trace = json.loads(profiler.trace_path.read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("aten::mm" in n or "aten::addmm" in n for n in names)
+    table = profiler.table_path.read_text()
+    assert "steps 3..4" in table and "Self CPU" in table and profiler.trace_path.name == "trace_rank0.json"
+
+
+def test_observability_config_groups_compose_and_validate():
+    from trainer.config import compose_config
+    from trainer.errors import UserError
+
+    cfg = compose_config(["profiler=torch", "debug=slow_data"])
+    assert cfg.profiler.num_steps == 3 and cfg.data.batch_delay_s > 0 and cfg.observability.enabled
+    cfg = compose_config(["debug=straggler", "trainer.devices=2", "strategy=ddp"])
+    assert cfg.debug.straggler_rank == 1
+    with pytest.raises(UserError, match="debug.straggler_rank=1 is not a rank"):
+        compose_config(["debug=straggler"])
+    with pytest.raises(UserError, match="observability.straggler_margin"):
+        compose_config(["observability.straggler_margin=-1"])
+    with pytest.raises(UserError, match="observability.nvml_intervl_s"):
+        compose_config(["observability.nvml_intervl_s=1"])

@@ -416,12 +416,13 @@ class PerfMonitor(pl.Callback):
         for k, v in verdict.numbers.items():
             if isinstance(v, (int, float)) and v is not None:
                 summary[f"perf/final/{k}"] = v
+        from pytorch_lightning.loggers import WandbLogger
+
         for logger in trainer.loggers:
-            experiment_summary = getattr(getattr(logger, "experiment", None), "summary", None)
-            if type(logger).__name__ == "WandbLogger" and experiment_summary is not None:
+            if isinstance(logger, WandbLogger):
                 try:
-                    experiment_summary.update(summary)
-                except Exception as e:
+                    logger.experiment.summary.update(summary)
+                except Exception as e:  # W&B trouble never stops training
                     log.warning("verdict not written to the W&B summary: %s", e)
         print_verdict_table(verdict)
 
