@@ -47,7 +47,7 @@ class TinyLM(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
 
-def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_model=64, **obs) -> PerfMonitor:
+def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_model=64, batch_size=8, **obs) -> PerfMonitor:
     torch.manual_seed(0)
     module = TinyLM(d_model)
     monitor = PerfMonitor(tmp_path, module.net.flops_per_token() if flops else None, SEQ if flops else None,
@@ -56,7 +56,7 @@ def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_mod
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                          log_every_n_steps=4)
-    trainer.fit(module, DataLoader(Tokens(10_000, delay_s), batch_size=8))
+    trainer.fit(module, DataLoader(Tokens(10_000, delay_s), batch_size=batch_size))
     return monitor
 
 
@@ -96,7 +96,8 @@ def test_compute_bound_run_writes_records_metrics_and_verdict(tmp_path):
 
 
 def test_slow_dataset_is_input_bound(tmp_path):
-    monitor = fit(tmp_path, steps=10, delay_s=0.02)  # 8 samples x 20 ms per batch vs a few ms of compute
+    # 2 samples x 100 ms of loading per batch vs a few ms of compute (tens under a loaded machine)
+    monitor = fit(tmp_path, steps=10, delay_s=0.1, batch_size=2)
     v = monitor.final_verdict
     assert v.bottleneck == INPUT and "data.num_workers (now 0)" in v.fix
     assert v.numbers["frac_data"] > 0.5

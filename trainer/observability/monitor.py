@@ -85,6 +85,7 @@ class PerfMonitor(pl.Callback):
         self._records: Any = None
         self._stragglers_file: Any = None
         self._last_handled_step = -1
+        self._first_step: Optional[int] = None
         self._device = torch.device("cpu")
         self._num_workers: Optional[int] = None
         self._gpu_index: Optional[int] = None
@@ -199,12 +200,18 @@ class PerfMonitor(pl.Callback):
         elif step % self.cfg.straggler_every_n_steps == 0:
             self._exchange(trainer, pl_module, step)
 
+    def _warm(self, st: StepTimes) -> bool:
+        """Past the warm-up steps of this session (a resumed run warms up again)."""
+        if self._first_step is None:
+            self._first_step = st.step
+        return st.step - self._first_step >= self.cfg.warmup_steps
+
     def _consume(self, resolved: list[StepTimes]) -> None:
         for st in resolved:
             if self._records is not None:
                 self._write(self._records, st.as_record())
             self.since_log.append(st)
-            if st.step > self.cfg.warmup_steps:
+            if self._warm(st):
                 self.window.append(st)
 
     # ------------------------------------------------------------------ numbers
@@ -354,7 +361,8 @@ class PerfMonitor(pl.Callback):
             self._write(self._records, {"kind": "mem", "step": step, **mem})
         if trainer.global_rank != 0:
             return
-        s = summarize([st for st in steps if st.step > self.cfg.warmup_steps] or steps)
+        warm = {id(st) for st in self.window}
+        s = summarize([st for st in steps if id(st) in warm] or steps)
         world = trainer.world_size
         metrics: dict[str, float] = {}
         if s.step_s is not None:
