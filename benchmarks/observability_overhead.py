@@ -6,6 +6,8 @@ The default experiment's model and data (GPT 0.9M on stdlib bytes, seq 256, batc
 trained for `--steps` steps with and without PerfMonitor, alternating on/off for `--rounds`
 rounds so that drift in machine load hits both alike. Reported:
   * step-time ratio on/off (median over rounds of the median steady-state step time);
+  * on CPU, the process's CPU time per step on/off (all threads: the sampler thread counts),
+    which other processes' load barely moves;
   * time spent inside PerfMonitor's hooks per step, as a share of the step: the direct cost,
     which does not drown in the noise of a shared machine the way an A/B difference can.
 The monitor runs exactly as in training (run dir files, NVML/psutil sampler thread, CSV
@@ -39,17 +41,24 @@ class SteadyStateClock(pl.Callback):
     """
 
     def __init__(self, warmup: int):
-        self.warmup, self.last, self.durations = warmup, None, []
+        self.warmup, self.last, self.durations, self.cpu_durations = warmup, None, [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        now = time.perf_counter()
+        now = (time.perf_counter(), time.process_time())
         if trainer.global_step > self.warmup and self.last is not None:
-            self.durations.append(now - self.last)
+            self.durations.append(now[0] - self.last[0])
+            self.cpu_durations.append(now[1] - self.last[1])
         self.last = now
 
     @property
     def step_s(self) -> float:
         return statistics.median(self.durations)
+
+    @property
+    def cpu_step_s(self) -> float:
+        """CPU seconds of this process (all threads, the sampler's included) per step: on a
+        shared machine this barely moves with the neighbours' load, unlike wall time."""
+        return statistics.median(self.cpu_durations)
 
 
 def instrument(monitor: PerfMonitor) -> dict:
@@ -70,7 +79,7 @@ def instrument(monitor: PerfMonitor) -> dict:
     return spent
 
 
-def run_once(data: TokenDataModule, steps: int, warmup: int, observe: bool, device: str, workdir: Path) -> tuple[float, float]:
+def run_once(data: TokenDataModule, steps: int, warmup: int, observe: bool, device: str, workdir: Path) -> tuple[float, float, float]:
     pl.seed_everything(0, verbose=False)
     net = GPT(GPTConfig(vocab_size=data.vocab_size, seq_len=256, d_model=128, n_layers=4, n_heads=4))
     module = TrainModule(net, lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-8, warmup_steps=20,
@@ -91,7 +100,7 @@ def run_once(data: TokenDataModule, steps: int, warmup: int, observe: bool, devi
                          use_distributed_sampler=False)
     trainer.fit(module, datamodule=data)
     hooks_per_step = spent["s"] / steps
-    return clock.step_s, hooks_per_step
+    return clock.step_s, clock.cpu_step_s, hooks_per_step
 
 
 def main() -> None:
@@ -112,22 +121,29 @@ def main() -> None:
     data = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=256, batch_size=16, cache_dir=args.cache_dir)
     data.prepare_data()
     data.setup("fit")
-    on, off, hooks = [], [], []
+    on, off, cpu_on, cpu_off, hooks = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             order = (True, False) if r % 2 == 0 else (False, True)  # ABBA: drift hits both alike
             for observe in order:
-                step_s, hook_s = run_once(data, args.steps, args.warmup, observe, args.device, Path(tmp))
+                step_s, cpu_s, hook_s = run_once(data, args.steps, args.warmup, observe, args.device, Path(tmp))
                 (on if observe else off).append(step_s)
+                (cpu_on if observe else cpu_off).append(cpu_s)
                 if observe:
                     hooks.append(hook_s / step_s)
-                print(f"round {r} observability={'on ' if observe else 'off'}: {1000 * step_s:8.2f} ms/step"
-                      + (f"  (hooks {1e6 * hook_s:.0f} us/step)" if observe else ""), flush=True)
-    ratio = statistics.median(on) / statistics.median(off)
+                print(f"round {r} observability={'on ' if observe else 'off'}: {1000 * step_s:8.2f} ms/step wall, "
+                      f"{1000 * cpu_s:8.2f} ms/step CPU" + (f"  (hooks {1e6 * hook_s:.0f} us/step)" if observe else ""),
+                      flush=True)
+    med = statistics.median
+    ratio = med(on) / med(off)
     print(f"\ndevice {args.device}, {args.steps} steps x {args.rounds} rounds, default model (GPT 0.9M, seq 256, batch 16)")
-    print(f"step time on/off (median of rounds): {1000 * statistics.median(on):.2f} / {1000 * statistics.median(off):.2f} ms"
+    print(f"wall step time on/off (median of rounds): {1000 * med(on):.2f} / {1000 * med(off):.2f} ms"
           f"  ratio {ratio:.4f}  ({100 * (ratio - 1):+.2f}%)")
-    print(f"time inside PerfMonitor hooks: {100 * statistics.median(hooks):.3f}% of each step (median of rounds)")
+    if args.device == "cpu":
+        cpu_ratio = med(cpu_on) / med(cpu_off)
+        print(f"process CPU time per step on/off: {1000 * med(cpu_on):.2f} / {1000 * med(cpu_off):.2f} ms"
+              f"  ratio {cpu_ratio:.4f}  ({100 * (cpu_ratio - 1):+.2f}%)")
+    print(f"time inside PerfMonitor hooks: {100 * med(hooks):.3f}% of each step (median of rounds)")
 
 
 if __name__ == "__main__":
