@@ -21,11 +21,14 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from launch.config import LauncherConfig
 from trainer.errors import UserError, closest
 from trainer.observability.config import ObservabilityConfig, check_observability_config
 
 CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 
+# Model constructor arguments that may stay null in the config: the trainer fills them from the data.
+DATA_DERIVED = ("vocab_size", "num_features", "num_classes")
 KERNEL_MODES = ("auto", "fused", "reference")
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -129,7 +132,7 @@ class TrainConfig:
     debug: Any = None  # optional debug knobs (see configs/debug/)
     profiler: Any = None
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-    launcher: Any = None
+    launcher: Optional[LauncherConfig] = None  # set by `+launcher=torchrun|slurm|k8s` (launch/)
 
 
 def register_schema() -> None:
@@ -181,7 +184,7 @@ def explain_hydra_error(e: Exception, overrides: list[str]) -> UserError:
     if m:
         key = full_key.group(1) if full_key else m.group(1)
         parent, _, leaf = key.rpartition(".")
-        valid = schema_keys(parent)
+        valid = schema_keys(parent) or _target_keys(parent, [o for o in overrides if not o.lstrip("+~").startswith(key)])
         hint = closest(leaf, valid) or (f" Valid keys under '{parent}': {', '.join(valid)}." if valid else "")
         return UserError(f"unknown config key '{key}'.{hint} (To add a new key on purpose use +{key}=...)")
     if "could not be converted" in msg or "Invalid value" in msg or "Value '" in msg:
@@ -198,6 +201,25 @@ def _chain(e: BaseException | None):
     while e is not None:
         yield e
         e = e.__cause__ or e.__context__
+
+
+def _target_keys(section: str, overrides: list[str]) -> list[str]:
+    """Constructor keys of a `_target_` section, composing without the offending override."""
+    if section not in ("model", "data", "module"):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            node = compose(config_name="train", overrides=overrides).get(section)
+        params = _signature_params(import_target(section, node._target_)) if node else None
+    except Exception:  # noqa: BLE001 - this only improves an error message
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    return sorted(params or [])
 
 
 def group_options(group: str) -> list[str]:
@@ -247,6 +269,8 @@ def validate(cfg: DictConfig) -> None:
         _positive("run.stop_after_steps", r.stop_after_steps)
     if r.id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(r.id)):
         raise UserError(f"run.id={r.id!r} may only hold letters, digits, '.', '_' and '-'")
+    if s.zero_stage not in (0, 1, 2, 3):
+        raise UserError(f"strategy.zero_stage must be 0 (off), 1, 2 or 3, got {s.zero_stage}")
     if s.name == "deepspeed" and s.zero_stage not in (1, 2, 3):
         raise UserError(f"strategy.zero_stage must be 1, 2 or 3 with DeepSpeed, got {s.zero_stage}")
     if s.name != "deepspeed" and (s.offload_optimizer or s.offload_params):
@@ -348,6 +372,8 @@ def check_target_kwargs(section: str, node: DictConfig, skip: tuple[str, ...] = 
         value = node._get_node(key)._value() if hasattr(node._get_node(key), "_value") else node[key]
         if OmegaConf.is_missing(node, key) or _is_interpolation(node, key):
             continue
+        if value is None and key in DATA_DERIVED:
+            continue  # filled from the data module at build time
         _check_type(f"{section}.{key}", value, params[key])
 
 

@@ -45,6 +45,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         raise UserError(f"trainer.precision={precision} needs a GPU; use 32-true or bf16-mixed on CPU")
     if not on_gpu:
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // max(1, local_world_size())))
+    from trainer.distributed.preflight import preflight_checks
+
+    preflight_checks(t.devices, t.num_nodes, int(cfg.data.get("num_workers", 0) or 0))
     if s.name == "single" and proc.world_size > 1:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
@@ -80,7 +83,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "accumulate_grad_batches": t.accumulate_grad_batches,
             "data_fingerprint": getattr(datamodule, "fingerprint", None),
         },
-        stop_requested=preemption.agreed if preemption else None,
+        stop_requested=preemption.agreed,
     )
     # Observability first: its batch-end mark then lands before a checkpoint save, which it
     # leaves out of the step timing instead of counting it as optimizer time.
@@ -118,6 +121,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
+        plugins=_cluster_plugins(proc.launcher),
         default_root_dir=str(run_dir),
         deterministic=t.deterministic,
     )
@@ -125,7 +129,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     resume = pick_resume_checkpoint(ckpt_root, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
     if is_zero:
         console.print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, mode, resume)
-        update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None)
+        update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None,
+                        data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
     wall = time.time() - started
@@ -148,6 +153,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "stopped": checkpointer.stopped_early or "completed",
             "last_checkpoint": checkpointer.last_saved_step,
             "checkpoint_save_s": [round(x, 3) for x in checkpointer.save_seconds],
+            "preempted_signal_to_saved_s": round(checkpointer.preempt_saved_at - preemption.signalled_at, 3)
+            if checkpointer.stopped_early == "preempted" and preemption.signalled_at and checkpointer.preempt_saved_at else None,
         }
         update_manifest(run_dir, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
         console.print_summary(summary, run_dir, wandb_sync_hint(run_dir))
@@ -188,12 +195,10 @@ def _instantiate(node: DictConfig, section: str, **kwargs):
         raise
 
 
-# Constructor arguments a model may leave unset (null) for the data to fill in.
-DATA_DERIVED = ("vocab_size", "num_features", "num_classes")
-
-
 def _build_model(node: DictConfig, datamodule):
     fills = {}
+    from trainer.config import DATA_DERIVED
+
     for key in DATA_DERIVED:
         if key in node and node[key] is None and getattr(datamodule, key, None) is not None:
             fills[key] = getattr(datamodule, key)
@@ -283,16 +288,31 @@ def _observability_callbacks(cfg: DictConfig, run_dir: Path, net) -> list:
     return callbacks
 
 
+def _cluster_plugins(launcher: str | None) -> list:
+    if launcher != "slurm":
+        return []
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    # Our preemption flag saves through the atomic store; the sbatch script requeues on REQUEUE_EXIT.
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
 def _preemption():
-    return None
+    from trainer.distributed.preemption import PreemptionFlag
+
+    return PreemptionFlag().install()
+
+
+def _corpus_stats(datamodule) -> dict:
+    stats = getattr(datamodule, "corpus_stats", None)
+    try:
+        return dict(stats()) if stats else {}
+    except Exception:  # noqa: BLE001 - a summary line is not worth a crash
+        return {}
 
 
 def _corpus_stat(datamodule, key: str):
-    stats = getattr(datamodule, "corpus_stats", None)
-    try:
-        return stats().get(key) if stats else None
-    except Exception:  # noqa: BLE001 - a summary line is not worth a crash
-        return None
+    return _corpus_stats(datamodule).get(key)
 
 
 def _quiet_library_warnings() -> None:
@@ -301,7 +321,7 @@ def _quiet_library_warnings() -> None:
     # Advice that does not apply to how this framework launches and logs.
     for pattern in (".*srun.*command is available.*", ".*LeafSpec.*", ".*anonymous setting.*",
                     ".*does not have many workers.*", ".*tensorboardX.*",
-                    ".*dataloader is not resumable.*"):
+                    ".*dataloader is not resumable.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

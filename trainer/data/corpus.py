@@ -1,8 +1,8 @@
 """Corpus -> token shards: read documents, split them, fit the tokenizer, tokenize, write.
 
 The split is by document and needs no seed: documents are ranked by a hash of their text and
-the first ceil-ish `val_fraction` of them go to validation. The same corpus always gives the
-same split, whatever the training seed or the order the files were listed in. A corpus of one
+the first round(n * val_fraction) of them (at least one, never all) go to validation. The same
+corpus always gives the same split, whatever the training seed or the order of the files. A corpus of one
 document (a single text file) cannot be split by document; its last `val_fraction` of tokens
 become the validation split instead.
 """

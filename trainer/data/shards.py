@@ -63,7 +63,13 @@ def ensure_shards(root: Path, fingerprint: str, build: Callable[[Path], dict]) -
     final = root / fingerprint
     if (final / META).is_file():
         return Shards.open(final), False
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot create the token cache {root} ({e.strerror}). Set data.cache_dir (or TRAINER_CACHE) to a "
+            "writable directory."
+        ) from e
     lock_path = root / f"{fingerprint}.lock"
     try:
         with FileLock(str(lock_path), timeout=LOCK_TIMEOUT_S):

@@ -86,13 +86,6 @@ def resolve_source(path: str, file_glob: str | None, text_field: str) -> LocalSo
             )
         return LocalSource(path, _text_files(files, path), text_field)
     if _HUB_NAME.match(path) and Path(path).suffix not in _KNOWN_SUFFIXES:
-        reason = offline_reason()
-        if reason:
-            raise UserError(
-                f"data.path={path!r} is not a local file or directory (looked in {Path.cwd()}), and it cannot be "
-                f"fetched as a Hugging Face hub dataset because {reason}={os.environ[reason]} (offline). "
-                f"Download it on a machine with network and point data.path at the local files, or unset {reason}."
-            )
         return HubSource(path, text_field)
     raise UserError(
         f"data.path={path!r} does not exist (relative paths are resolved from {Path.cwd()}). Point data.path at "
@@ -130,9 +123,16 @@ def load_documents(source: LocalSource | HubSource, hf_cache_dir: str | None):
     import datasets  # imported here: reusing built shards never needs it
 
     if isinstance(source, HubSource):
-        try:
+        reason = offline_reason()
+        if reason and not datasets.config.HF_HUB_OFFLINE:
+            # `datasets` read its offline setting at import, before this variable was set: it would still go
+            # to the network, so stop here.
+            raise _offline_error(source.name, reason)
+        try:  # offline, `datasets` serves a hub dataset from its cache if it was downloaded before
             ds = datasets.load_dataset(source.name, split="train", cache_dir=hf_cache_dir)
         except Exception as e:  # the hub's errors are many (network, auth, not found); all mean the same to the user
+            if reason:
+                raise _offline_error(source.name, reason) from e
             raise UserError(
                 f"data.path={source.name!r}: could not load it from the Hugging Face hub ({type(e).__name__}: {e}). "
                 "Check the name and the network, or download it and point data.path at the local files."
@@ -155,6 +155,15 @@ def load_documents(source: LocalSource | HubSource, hf_cache_dir: str | None):
             ) from e
         parts.append(ds if builder == "text" else _text_column(ds, source.text_field, files[0]))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _offline_error(name: str, reason: str) -> UserError:
+    return UserError(
+        f"data.path={name!r} is not a local file or directory (looked in {Path.cwd()}), and it cannot be fetched "
+        f"as a Hugging Face hub dataset because {reason}={os.environ[reason]} (offline) and it is not in the local "
+        f"datasets cache. Download it on a machine with network and point data.path at the local files, or unset "
+        f"{reason}."
+    )
 
 
 def _text_column(ds, text_field: str, where: str):

@@ -6,7 +6,10 @@ vocab_size, fingerprint, corpus_stats(), encode() and decode() are available.
 """
 from __future__ import annotations
 
+import functools
+
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from trainer.data.corpus import build_token_shards, data_fingerprint, hf_cache_dir
@@ -80,11 +83,11 @@ class TokenDataModule(pl.LightningDataModule):
         else:
             source_fp = source.fingerprint()
         fingerprint = data_fingerprint(source_fp, self.tokenizer_kind, self.bpe_vocab_size, self.val_fraction)
-        build = lambda out_dir: build_token_shards(  # noqa: E731
-            out_dir, source, documents, fingerprint=fingerprint, tokenizer=self.tokenizer_kind,
-            bpe_vocab_size=self.bpe_vocab_size, val_fraction=self.val_fraction, num_proc=self.num_proc,
-            hf_cache=hf_cache_dir(root),
-        )
+        build = functools.partial(
+            build_token_shards, source=source, documents=documents, fingerprint=fingerprint,
+            tokenizer=self.tokenizer_kind, bpe_vocab_size=self.bpe_vocab_size, val_fraction=self.val_fraction,
+            num_proc=self.num_proc, hf_cache=hf_cache_dir(root),
+        )  # called as build(tmp_dir) only if no other process has built these shards
         shards, self.built_shards = ensure_shards(root, fingerprint, build)
         for split in ("train", "val"):
             if shards.num_tokens(split) < self.seq_len + 1:
@@ -97,8 +100,8 @@ class TokenDataModule(pl.LightningDataModule):
 
     @property
     def shards(self) -> Shards:
-        if self._shards is None:
-            raise RuntimeError("TokenDataModule: call prepare_data() or setup() first")
+        """The opened shards; built (or waited for) on first use if prepare_data()/setup() have not run."""
+        self._open()
         return self._shards
 
     # --- what the rest of the trainer reads ------------------------------------------------------
@@ -123,11 +126,11 @@ class TokenDataModule(pl.LightningDataModule):
         }
 
     def encode(self, text: str) -> list[int]:
-        self.shards  # noqa: B018 (raises if not set up)
+        self._open()
         return self._tokenizer.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        self.shards  # noqa: B018
+        self._open()
         return self._tokenizer.decode(ids)
 
     # --- batches --------------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class TokenDataModule(pl.LightningDataModule):
             sampler=sampler,
             batch_size=None,  # each sampled item is a whole micro-batch
             num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
             sampling_state={"seed": self.seed, "fingerprint": self.fingerprint, "seq_len": self.seq_len,
                             "batch_size": self.batch_size},
         )
@@ -184,7 +188,12 @@ class TokenDataModule(pl.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         return DataLoader(
-            self.windows("val"), sampler=self.val_offsets(world, rank), batch_size=None, num_workers=self.num_workers
+            self.windows("val"),
+            sampler=self.val_offsets(world, rank),
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,  # validation runs many times a run
+            pin_memory=torch.cuda.is_available(),
         )
 
 

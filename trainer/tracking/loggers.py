@@ -83,6 +83,10 @@ def _make_wandb(run_dir: Path, *, run_name: str, mode: str, project: str, entity
 
         _broken = False
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._wandb_init.pop("anonymous", None)  # Lightning passes a deprecated key W&B warns about
+
         def _guard(self, fn, *args, **kwargs):
             if self._broken:
                 return None
