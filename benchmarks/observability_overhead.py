@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import tempfile
 import time
@@ -110,7 +111,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
-    ap.add_argument("--cache-dir", default=str(Path("~/.cache/trainer/data").expanduser()))
+    ap.add_argument("--cache-dir", default=str(Path(os.environ.get("TRAINER_CACHE", "~/.cache/trainer"), "data").expanduser()))
     args = ap.parse_args()
     import logging
 
