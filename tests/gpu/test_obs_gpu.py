@@ -45,7 +45,7 @@ def test_real_nvml_sampler_sees_the_busy_gpu(tmp_path):
     sampler.stop()
     samples = [json.loads(x) for x in (tmp_path / "sys.jsonl").read_text().splitlines()]
     ours = [g for s in samples for g in s["gpus"] if g["index"] == index]
-    assert len(ours) >= 10
+    assert len(ours) >= 5
     print("last NVML sample:", json.dumps(ours[-1]))
     assert max(g["util"] for g in ours) >= 50  # the matmul loop kept it busy
     assert all(0 < g["mem_used_gb"] <= g["mem_total_gb"] for g in ours)
