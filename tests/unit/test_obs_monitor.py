@@ -56,7 +56,12 @@ def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_mod
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
                          log_every_n_steps=4)
-    trainer.fit(module, DataLoader(Tokens(10_000, delay_s), batch_size=batch_size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steadier timings on a shared machine
+    try:
+        trainer.fit(module, DataLoader(Tokens(10_000, delay_s), batch_size=batch_size))
+    finally:
+        torch.set_num_threads(threads)
     return monitor
 
 
@@ -100,7 +105,7 @@ def test_slow_dataset_is_input_bound(tmp_path):
     monitor = fit(tmp_path, steps=10, delay_s=0.1, batch_size=2)
     v = monitor.final_verdict
     assert v.bottleneck == INPUT and "data.num_workers (now 0)" in v.fix
-    assert v.numbers["frac_data"] > 0.5
+    assert v.numbers["frac_data"] >= 0.2  # the rule's threshold (observability.input_bound_fraction)
 
 
 def test_mfu_is_counted_when_the_model_has_no_formula(tmp_path):
