@@ -316,6 +316,9 @@ def _validate_debug(debug: Any, world: int) -> None:
     # Other debug knobs may live in this section too: only the straggler's are checked here.
     if debug is None:
         return
+    delay = debug.get("straggler_delay_s")
+    if delay is not None and delay < 0:
+        raise UserError(f"debug.straggler_delay_s must be 0 or more seconds, got {delay}")
     rank = debug.get("straggler_rank")
     if rank is not None and not 0 <= int(rank) < world:
         raise UserError(f"debug.straggler_rank={rank} is not a rank of this run (0..{world - 1}); "
