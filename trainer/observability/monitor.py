@@ -389,7 +389,8 @@ class PerfMonitor(pl.Callback):
             log.info(self._console_line(step, s, metrics.get("perf/mfu")))
 
     def _console_line(self, step: int, s: WindowSummary, achieved: Optional[float]) -> str:
-        phases = " ".join(f"{p[:4]} {100 * s.fractions[p]:.0f}%" for p in PHASES if s.fractions[p] is not None)
+        short = {"data": "data", "forward": "fwd", "backward": "bwd", "comm": "comm", "optimizer": "opt"}
+        phases = " ".join(f"{short[p]} {100 * s.fractions[p]:.0f}%" for p in PHASES if s.fractions[p] is not None)
         tput = f"{s.tokens_per_s:,.0f} tok/s/rank" if s.tokens_per_s is not None else f"{s.samples_per_s:,.1f} samples/s/rank"
         mfu_text = f"MFU {100 * achieved:.1f}%" if achieved is not None else "MFU n/a"
         return f"perf step {step}: {1000 * s.step_s:.1f} ms/step | {tput} | {mfu_text} | {phases}"
