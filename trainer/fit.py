@@ -52,7 +52,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    mode = ops.set_kernel_mode(cfg.kernels)
+    mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
 
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
@@ -86,9 +86,11 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         stop_requested=preemption.agreed,
         debug_pause_in_save_s=float(cfg.checkpoint.get("debug_pause_in_save_s", 0.0)),
     )
-    callbacks: list[Any] = [checkpointer, _keep_preemption_handlers(preemption),
+    # Observability first: its batch-end mark then lands before a checkpoint save, which it
+    # leaves out of the step timing instead of counting it as optimizer time.
+    callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), checkpointer,
+                            _keep_preemption_handlers(preemption),
                             *console.progress_callbacks(t.progress_bar and is_zero)]
-    callbacks += _observability_callbacks(cfg, run_dir, net)
     loggers = build_loggers(
         run_dir,
         run_name=cfg.run.name,
@@ -267,7 +269,27 @@ def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
 
 
 def _observability_callbacks(cfg: DictConfig, run_dir: Path, net) -> list:
-    return []
+    """PerfMonitor (always on unless observability.enabled=false), the torch profiler window
+    (profiler=torch) and the debug straggler delay (debug=straggler)."""
+    from trainer.observability import PerfMonitor, StepWindowProfiler, StragglerDelay
+
+    callbacks: list[Any] = []
+    debug = cfg.get("debug") or {}
+    if debug.get("straggler_rank") is not None:
+        callbacks.append(StragglerDelay(debug.straggler_rank, debug.get("straggler_delay_s", 0.2)))
+    obs = OmegaConf.to_container(cfg.observability, resolve=True)
+    if obs.get("enabled", True):
+        flops = getattr(net, "flops_per_token", None)
+        callbacks.append(PerfMonitor(
+            run_dir=run_dir,
+            flops_per_token=float(flops()) if callable(flops) else None,
+            tokens_per_sample=cfg.data.get("seq_len"),  # language models; None: count samples only
+            log_every_n_steps=cfg.trainer.log_every_steps,
+            **obs,
+        ))
+    if cfg.get("profiler") is not None:
+        callbacks.append(StepWindowProfiler(run_dir, **OmegaConf.to_container(cfg.profiler, resolve=True)))
+    return callbacks
 
 
 def _cluster_plugins(launcher: str | None) -> list:
