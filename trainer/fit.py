@@ -38,6 +38,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     proc = detect()
     is_zero = proc.rank == 0
     console.setup_logging(run_dir, proc.rank)
+    _fit_elastic_world(cfg, proc.world_size)
     t, s = cfg.trainer, cfg.strategy
     on_gpu = _on_gpu(t.accelerator)
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
@@ -134,7 +135,16 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None,
                         data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
+    watchdog = _peer_watchdog(s.timeout_s)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
+    except Exception:
+        if watchdog is not None:
+            watchdog.check_after_failure()  # the cut-off side ends here, naming the lost peer
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
@@ -333,6 +343,30 @@ def _quiet_library_warnings() -> None:
                     ".*does not have many workers.*", ".*tensorboardX.*",
                     ".*dataloader is not resumable.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def _fit_elastic_world(cfg: DictConfig, world_size: int) -> None:
+    """Elastic restart with fewer nodes (torchrun --nnodes=MIN:MAX): fewer nodes, more accumulation, same global batch."""
+    from omegaconf import open_dict
+
+    from trainer.distributed.elastic import elastic_layout
+
+    t = cfg.trainer
+    launcher = cfg.get("launcher") or {}
+    nodes, accumulate = elastic_layout(devices=t.devices, num_nodes=t.num_nodes, accumulate=t.accumulate_grad_batches,
+                                       world_size=world_size, min_nodes=launcher.get("min_nodes"))
+    if (nodes, accumulate) != (t.num_nodes, t.accumulate_grad_batches):
+        log.warning("elastic: %d of %d nodes in this world; trainer.accumulate_grad_batches %d -> %d keeps the global batch",
+                    nodes, t.num_nodes, t.accumulate_grad_batches, accumulate)
+        with open_dict(cfg):
+            t.num_nodes, t.accumulate_grad_batches = nodes, accumulate
+
+
+def _peer_watchdog(timeout_s: float):
+    from trainer.distributed.watchdog import watchdog_for_this_node
+
+    watchdog = watchdog_for_this_node(os.environ, timeout_s)
+    return watchdog.start() if watchdog else None
 
 
 def _leave_requeue_marker() -> None:
