@@ -67,6 +67,9 @@ def test_cut_off_host_ends_and_the_survivor_finishes_alone(hosts, tmp_path, shar
             t_cut = time.monotonic()
             cut_code = cut.wait(timeout_s=(time.monotonic() - cut.started) + 3 * PG_TIMEOUT_S)
             t_cut_end = time.monotonic() - t_cut
+            # the survivor's worker fails its collective (torchrun logs the failure), then the agent re-forms
+            procs.wait_for("the survivor noticing", lambda: "failed (exitcode" in survivor.output(), 60, job=survivor)
+            t_noticed = time.monotonic() - t_cut
             procs.wait_for("the survivor re-forming", lambda: "elastic: 1 of 2 nodes" in survivor.output(), 150,
                            job=survivor)
             t_reformed = time.monotonic() - t_cut
@@ -75,7 +78,7 @@ def test_cut_off_host_ends_and_the_survivor_finishes_alone(hosts, tmp_path, shar
         netns.link("up")
     cut_out, out = cut.output(), survivor.output()
     assert cut_code != 0 and "lost peer rank 0's host 10.77.0.1" in cut_out, cut.tail()
-    assert t_cut_end <= 3 * PG_TIMEOUT_S
+    assert t_cut_end <= 3 * PG_TIMEOUT_S and t_noticed <= 60
     assert "trainer.accumulate_grad_batches 1 -> 2 keeps the global batch" in out
     resumed = int(re.search(r"resuming from step (\d+)", out).group(1))
     assert resumed >= 4
@@ -83,5 +86,6 @@ def test_cut_off_host_ends_and_the_survivor_finishes_alone(hosts, tmp_path, shar
     assert summary["stopped"] == "completed" and summary["steps"] == STEPS, summary
     final = json.loads((run / "checkpoints" / f"step-{STEPS:08d}" / "manifest.json").read_text())
     assert (final["world_size"], final["accumulate_grad_batches"], final["global_batch"]) == (1, 2, 8), final
-    print(f"link cut: cut-off host ended (exit {cut_code}) after {t_cut_end:.1f} s; survivor re-formed a 1-node world"
+    print(f"link cut: cut-off host ended (exit {cut_code}) after {t_cut_end:.1f} s; survivor noticed after"
+          f" {t_noticed:.1f} s, re-formed a 1-node world"
           f" after {t_reformed:.1f} s and resumed from step {resumed}")

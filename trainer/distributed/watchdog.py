@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -65,8 +64,7 @@ class PeerWatchdog:
     def end_node(self, why: str) -> None:
         msg = (f"error: lost peer {self.peer}: {why}. This node is cut off from the job; ending it (exit {CUT_OFF_EXIT})"
                " so it does not hang. The nodes that still reach rank 0 re-form without it and resume.")
-        log.error(msg)
-        print(msg, file=sys.stderr, flush=True)
+        log.error(msg)  # every rank's console handler shows errors (trainer/tracking/console.py)
         for handler in logging.getLogger().handlers:
             handler.flush()
         _end_torchrun_agent()
