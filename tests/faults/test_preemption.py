@@ -4,8 +4,8 @@ same W&B run on a continuous step axis.
 
 Two ranks on gloo, started the way a user starts them (`python -m trainer.train trainer.devices=2`).
 Session 1 is preempted by SIGUSR1 sent to rank 1 only (rank 0 must still agree and save with it);
-session 2 by SIGTERM to the launcher (as Kubernetes or torchrun's own shutdown does), which passes
-it on; session 3 runs to the end.
+session 2 by SIGTERM to the launcher (as Kubernetes or torchrun's own shutdown does) and session 3
+by SIGUSR1 to the launcher, which pass them on to the ranks; session 4 runs to the end.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def test_preempted_twice_then_finishes_in_the_same_run_and_wandb_run(tmp_path, s
                           "logger.wandb=true")
     summaries, times, saved = [], [], 0
     with procs.jobs() as started:
-        for session, (target, sig) in enumerate([("rank1", signal.SIGUSR1), ("launcher", signal.SIGTERM)]):
+        for session, (target, sig) in enumerate([("rank1", signal.SIGUSR1), ("launcher", signal.SIGTERM),
+                                                  ("launcher", signal.SIGUSR1)]):
             job = procs.Job(argv, tmp_path / f"session{session}.log", timeout_s=240)
             started.append(job)
             # wait until this session has trained past its first new checkpoint, then signal mid-run
@@ -52,7 +53,7 @@ def test_preempted_twice_then_finishes_in_the_same_run_and_wandb_run(tmp_path, s
             # every rank saved: a DDP checkpoint is one file written by rank 0 after a barrier both ranks passed
             assert (run / "checkpoints" / f"step-{saved:08d}" / "manifest.json").is_file()
 
-        final = procs.Job(argv, tmp_path / "session2.log", timeout_s=240)
+        final = procs.Job(argv, tmp_path / "final.log", timeout_s=240)
         started.append(final)
         assert final.wait() == 0, final.tail()
     out = final.output()
@@ -66,7 +67,7 @@ def test_preempted_twice_then_finishes_in_the_same_run_and_wandb_run(tmp_path, s
     # continues where each session stopped: every optimizer step logged exactly once across the sessions.
     wandb_id = (run / "wandb_id.txt").read_text().strip()
     files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(files) == 3 and all(run_id(f) == wandb_id for f in files), files
+    assert len(files) == 4 and all(run_id(f) == wandb_id for f in files), files
     steps = [row["trainer/global_step"] for f in files for row in history(f) if "train/loss" in row]
     assert steps == list(range(MAX_STEPS)), steps
     # The CSV log (same steps) agrees.
