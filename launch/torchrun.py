@@ -21,7 +21,8 @@ from trainer.errors import UserError, exit_on_user_error
 # Restarts after a killed worker failed 4 times in 6 with the default shared rendezvous store
 # (the agent's TCP store kept a dead worker's gloo address, pytorch/pytorch#135712) and
 # succeeded 6 of 6 with the store not shared: always set it.
-TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# torchrun forwards SIGUSR1 (SLURM's warning signal) to the workers too, instead of dying of it.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
 
 
 def torchrun_argv(spec: JobSpec, command: Sequence[str] | None = None) -> list[str]:

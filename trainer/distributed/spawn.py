@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-# torchrun forwards these to its workers. SIGUSR1 (SLURM's warning signal) is added to torch's default
-# list: without it, USR1 sent to this launcher would kill torchrun outright and orphan the workers.
+# torchrun forwards these to its workers (its --signals-to-handle, read from PET_SIGNALS_TO_HANDLE).
+# SIGUSR1 (SLURM's warning signal) is added to torch's default list: without it, USR1 sent to this
+# launcher killed torchrun outright (its default action) and orphaned the workers, with no checkpoint.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
@@ -27,7 +28,7 @@ def relaunch_local(frozen_config: Path, nproc: int, run_id: str) -> int:
     env = dict(os.environ)
     env["TRAINER_RUN_ID"] = run_id
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
+    env.setdefault("PET_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
     started = time.time()
     proc = subprocess.Popen(torchrun_command(frozen_config, nproc), env=env)
 
