@@ -208,12 +208,17 @@ GPU_PANELS = (("util", "GPU util %"), ("power_w", "power W"), ("sm_clock_mhz", "
 SYS_PANELS = (("cpu_percent", "process CPU %"), ("rss_gb", "process RSS GB"), ("host_mem_used_gb", "host memory used GB"))
 
 
-def _rank_gpus(data: RunData) -> list[tuple[int, str, int]]:
-    """(rank, host, NVML index) for every rank on a GPU."""
+def _gpu_series(data: RunData) -> list[tuple[str, str, int]]:
+    """(label, host, NVML index) per line: one per rank on a GPU; without that mapping (a CPU
+    run on a GPU node) every sampled GPU of every node."""
     out = []
     for rank, meta in sorted(data.ranks.items()):
         if meta.get("gpu_index") is not None and meta.get("host") in data.system:
-            out.append((rank, meta["host"], int(meta["gpu_index"])))
+            out.append((f"rank {rank} ({meta['host']} GPU {meta['gpu_index']})", meta["host"], int(meta["gpu_index"])))
+    if not out:
+        for host, samples in sorted(data.system.items()):
+            indices = sorted({g["index"] for s in samples for g in s.get("gpus", [])})
+            out += [(f"{host} GPU {i}", host, i) for i in indices]
     return out
 
 
@@ -221,15 +226,15 @@ def chart_system(data: RunData, out: Path) -> list[tuple[str, str]]:
     """GPU timelines per rank (NVML), else the host CPU/memory per node. [(title, png)]"""
     charts = []
     t0 = min((s[0]["t"] for s in data.system.values() if s), default=0.0)
-    rank_gpus = _rank_gpus(data)
-    if rank_gpus:
+    series = _gpu_series(data)
+    if series:
         plt, fig, axes = _figure(len(GPU_PANELS), height=2.2)
-        for rank, host, index in rank_gpus:
+        for label, host, index in series:
             samples = [(s["t"] - t0, g) for s in data.system[host] for g in s.get("gpus", []) if g["index"] == index]
             for ax, (key, label) in zip(axes, GPU_PANELS):
                 pts = [(t, g[key]) for t, g in samples if key in g]
                 if pts:
-                    ax.plot(*zip(*pts), lw=1, label=f"rank {rank} ({host} GPU {index})")
+                    ax.plot(*zip(*pts), lw=1, label=label)
                 ax.set_ylabel(label, fontsize=8)
                 ax.grid(alpha=0.3)
             throttled = [t for t, g in samples if g.get("throttle")]
