@@ -231,17 +231,17 @@ def chart_system(data: RunData, out: Path) -> list[tuple[str, str]]:
         plt, fig, axes = _figure(len(GPU_PANELS), height=2.2)
         for label, host, index in series:
             samples = [(s["t"] - t0, g) for s in data.system[host] for g in s.get("gpus", []) if g["index"] == index]
-            for ax, (key, label) in zip(axes, GPU_PANELS):
+            for ax, (key, unit) in zip(axes, GPU_PANELS):
                 pts = [(t, g[key]) for t, g in samples if key in g]
                 if pts:
                     ax.plot(*zip(*pts), lw=1, label=label)
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(unit, fontsize=8)
                 ax.grid(alpha=0.3)
             throttled = [t for t, g in samples if g.get("throttle")]
             for t in throttled:
                 axes[2].axvline(t, color="r", alpha=0.15, lw=2)
         axes[0].legend(fontsize=7)
-        axes[0].set_title("GPU timelines per rank (NVML; red bands: clocks throttled)")
+        axes[0].set_title("GPU timelines (NVML; red bands on the SM clock: throttled samples)")
         axes[-1].set_xlabel("seconds since the first sample")
         charts.append(("GPU timelines", _save(plt, fig, out / "gpu.png")))
     elif any(data.system.values()):
@@ -249,11 +249,11 @@ def chart_system(data: RunData, out: Path) -> list[tuple[str, str]]:
     if any(data.system.values()):
         plt, fig, axes = _figure(len(SYS_PANELS), height=2.2)
         for host, samples in sorted(data.system.items()):
-            for ax, (key, label) in zip(axes, SYS_PANELS):
+            for ax, (key, unit) in zip(axes, SYS_PANELS):
                 pts = [(s["t"] - t0, s["sys"][key]) for s in samples if key in s.get("sys", {})]
                 if pts:
                     ax.plot(*zip(*pts), lw=1, label=host)
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(unit, fontsize=8)
                 ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         axes[0].set_title("Host per node (psutil)")
