@@ -52,7 +52,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    mode = ops.set_kernel_mode(cfg.kernels)
+    mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
 
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
