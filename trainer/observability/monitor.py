@@ -292,6 +292,13 @@ class PerfMonitor(pl.Callback):
                 for key in ("peak_allocated_gb", "peak_reserved_gb"):
                     if r[key] is not None:
                         metrics[f"perf/mem/rank{rank}/{key}"] = r[key]
+                if r["gpu_thermal"] is not None and r["node_rank"] != trainer.node_rank:
+                    # Other nodes' GPUs: the summary of their worst GPU (full samples: their sys_<host>.jsonl).
+                    node = f"gpu/node{int(r['node_rank'])}/worst"
+                    for key, name in (("gpu_thermal", "thermal_throttled_frac"), ("gpu_power", "power_throttled_frac"),
+                                      ("gpu_sm_clock", "sm_clock_mhz"), ("gpu_temp", "temp_c")):
+                        if r[key] is not None:
+                            metrics[f"{node}/{name}"] = r[key]
             if slow:
                 metrics["perf/straggler/slowest_rank"] = slow[0][0]
                 metrics["perf/straggler/slowdown"] = slow[0][1]
