@@ -1,6 +1,6 @@
 """Cost of always-on observability: step time with PerfMonitor on vs off, default model.
 
-    python benchmarks/observability_overhead.py [--steps 30] [--rounds 3] [--device cpu|cuda]
+    python benchmarks/observability_overhead.py [--steps 30] [--rounds 3] [--device cpu|cuda] [--data synthetic]
 
 The default experiment's model and data (GPT 0.9M on stdlib bytes, seq 256, batch 16) are
 trained for `--steps` steps with and without PerfMonitor, alternating on/off for `--rounds`
@@ -32,6 +32,23 @@ from trainer.module import TrainModule
 from trainer.observability import ObservabilityConfig, PerfMonitor
 
 HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_train_batch_end")
+
+
+class RandomTokens(pl.LightningDataModule):
+    """In-memory random bytes in the default data's shape (--data synthetic: no corpus build)."""
+
+    vocab_size = 256
+
+    def __init__(self, steps: int, seq_len: int = 256, batch_size: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.tokens = torch.randint(0, self.vocab_size, (steps * batch_size, seq_len + 1), generator=g)
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        return DataLoader(TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:]), batch_size=self.batch_size)
 
 
 class SteadyStateClock(pl.Callback):
@@ -80,7 +97,7 @@ def instrument(monitor: PerfMonitor) -> dict:
     return spent
 
 
-def run_once(data: TokenDataModule, steps: int, warmup: int, observe: bool, device: str, workdir: Path) -> tuple[float, float, float]:
+def run_once(data: pl.LightningDataModule, steps: int, warmup: int, observe: bool, device: str, workdir: Path) -> tuple[float, float, float]:
     pl.seed_everything(0, verbose=False)
     net = GPT(GPTConfig(vocab_size=data.vocab_size, seq_len=256, d_model=128, n_layers=4, n_heads=4))
     module = TrainModule(net, lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-8, warmup_steps=20,
@@ -111,6 +128,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
+    ap.add_argument("--data", choices=("stdlib", "synthetic"), default="stdlib",
+                    help="stdlib: the default experiment's corpus (built once); synthetic: random bytes in memory")
     ap.add_argument("--cache-dir", default=str(Path(os.environ.get("TRAINER_CACHE", "~/.cache/trainer"), "data").expanduser()))
     args = ap.parse_args()
     import logging
@@ -119,9 +138,12 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     if args.device == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    data = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=256, batch_size=16, cache_dir=args.cache_dir)
-    data.prepare_data()
-    data.setup("fit")
+    if args.data == "synthetic":
+        data: pl.LightningDataModule = RandomTokens(args.steps)
+    else:
+        data = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=256, batch_size=16, cache_dir=args.cache_dir)
+        data.prepare_data()
+        data.setup("fit")
     on, off, cpu_on, cpu_off, hooks = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

@@ -208,12 +208,17 @@ GPU_PANELS = (("util", "GPU util %"), ("power_w", "power W"), ("sm_clock_mhz", "
 SYS_PANELS = (("cpu_percent", "process CPU %"), ("rss_gb", "process RSS GB"), ("host_mem_used_gb", "host memory used GB"))
 
 
-def _rank_gpus(data: RunData) -> list[tuple[int, str, int]]:
-    """(rank, host, NVML index) for every rank on a GPU."""
+def _gpu_series(data: RunData) -> list[tuple[str, str, int]]:
+    """(label, host, NVML index) per line: one per rank on a GPU; without that mapping (a CPU
+    run on a GPU node) every sampled GPU of every node."""
     out = []
     for rank, meta in sorted(data.ranks.items()):
         if meta.get("gpu_index") is not None and meta.get("host") in data.system:
-            out.append((rank, meta["host"], int(meta["gpu_index"])))
+            out.append((f"rank {rank} ({meta['host']} GPU {meta['gpu_index']})", meta["host"], int(meta["gpu_index"])))
+    if not out:
+        for host, samples in sorted(data.system.items()):
+            indices = sorted({g["index"] for s in samples for g in s.get("gpus", [])})
+            out += [(f"{host} GPU {i}", host, i) for i in indices]
     return out
 
 
@@ -221,22 +226,22 @@ def chart_system(data: RunData, out: Path) -> list[tuple[str, str]]:
     """GPU timelines per rank (NVML), else the host CPU/memory per node. [(title, png)]"""
     charts = []
     t0 = min((s[0]["t"] for s in data.system.values() if s), default=0.0)
-    rank_gpus = _rank_gpus(data)
-    if rank_gpus:
+    series = _gpu_series(data)
+    if series:
         plt, fig, axes = _figure(len(GPU_PANELS), height=2.2)
-        for rank, host, index in rank_gpus:
+        for label, host, index in series:
             samples = [(s["t"] - t0, g) for s in data.system[host] for g in s.get("gpus", []) if g["index"] == index]
-            for ax, (key, label) in zip(axes, GPU_PANELS):
+            for ax, (key, unit) in zip(axes, GPU_PANELS):
                 pts = [(t, g[key]) for t, g in samples if key in g]
                 if pts:
-                    ax.plot(*zip(*pts), lw=1, label=f"rank {rank} ({host} GPU {index})")
-                ax.set_ylabel(label, fontsize=8)
+                    ax.plot(*zip(*pts), lw=1, label=label)
+                ax.set_ylabel(unit, fontsize=8)
                 ax.grid(alpha=0.3)
             throttled = [t for t, g in samples if g.get("throttle")]
             for t in throttled:
                 axes[2].axvline(t, color="r", alpha=0.15, lw=2)
         axes[0].legend(fontsize=7)
-        axes[0].set_title("GPU timelines per rank (NVML; red bands: clocks throttled)")
+        axes[0].set_title("GPU timelines (NVML; red bands on the SM clock: throttled samples)")
         axes[-1].set_xlabel("seconds since the first sample")
         charts.append(("GPU timelines", _save(plt, fig, out / "gpu.png")))
     elif any(data.system.values()):
@@ -244,11 +249,11 @@ def chart_system(data: RunData, out: Path) -> list[tuple[str, str]]:
     if any(data.system.values()):
         plt, fig, axes = _figure(len(SYS_PANELS), height=2.2)
         for host, samples in sorted(data.system.items()):
-            for ax, (key, label) in zip(axes, SYS_PANELS):
+            for ax, (key, unit) in zip(axes, SYS_PANELS):
                 pts = [(s["t"] - t0, s["sys"][key]) for s in samples if key in s.get("sys", {})]
                 if pts:
                     ax.plot(*zip(*pts), lw=1, label=host)
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(unit, fontsize=8)
                 ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         axes[0].set_title("Host per node (psutil)")

@@ -111,7 +111,10 @@ def test_perf_monitor_in_a_gpu_training_run(tmp_path):
                          logger=pl.loggers.CSVLogger(run_dir, name="csv", version=""), log_every_n_steps=10,
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module, loader)
-    meta, *steps = [json.loads(x) for x in (run_dir / "perf" / "rank0.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (run_dir / "perf" / "rank0.jsonl").read_text().splitlines()]
+    meta, steps = records[0], [r for r in records if r["kind"] == "step"]
+    mem = [r for r in records if r["kind"] == "mem"]
+    assert mem and mem[-1]["peak_allocated_gb"] > 0 and mem[-1]["peak_reserved_gb"] >= mem[-1]["peak_allocated_gb"]
     assert meta["device"].startswith("cuda") and meta["gpu_index"] is not None and meta["dtype"] == "bf16"
     assert len(steps) == 60 and all(s["forward"] > 0 and s["backward"] > 0 for s in steps[1:])
     v = monitor.final_verdict

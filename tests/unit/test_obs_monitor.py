@@ -160,3 +160,17 @@ def test_observability_config_groups_compose_and_validate():
         compose_config(["observability.straggler_margin=-1"])
     with pytest.raises(UserError, match="observability.nvml_intervl_s"):
         compose_config(["observability.nvml_intervl_s=1"])
+
+    # what the trainer builds from them
+    from trainer.fit import _observability_callbacks
+
+    net = TinyLM().net
+    built = lambda *ov: [type(c).__name__ for c in _observability_callbacks(compose_config(list(ov)), Path("/unused"), net)]
+    assert built() == ["PerfMonitor"]
+    assert built("observability.enabled=false") == []
+    assert built("profiler=torch", "debug=straggler", "trainer.devices=2", "strategy=ddp") == [
+        "StragglerDelay", "PerfMonitor", "StepWindowProfiler"]
+    cfg = compose_config(["observability.straggler_margin=0.5"])
+    monitor = _observability_callbacks(cfg, Path("/unused"), net)[0]
+    assert monitor.cfg.straggler_margin == 0.5 and monitor.flops_per_token == net.flops_per_token()
+    assert monitor.tokens_per_sample == cfg.data.seq_len and monitor.log_every_n_steps == cfg.trainer.log_every_steps

@@ -207,14 +207,20 @@ def test_a_real_cpu_run_reports_nvml_gpus_and_their_throttling(fake_nvml, tmp_pa
     import time
     data = TensorDataset(torch.randn(512, 64), torch.randn(512, 1))
     monitor = PerfMonitor(tmp_path, log_every_n_steps=5, verdict_every_n_steps=100, nvml_interval_s=0.02, warmup_steps=1)
-    trainer = pl.Trainer(max_steps=15, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv"),
+    trainer = pl.Trainer(max_steps=15, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Regression(), DataLoader(data, batch_size=16))
     v = monitor.final_verdict
     assert v.bottleneck == THROTTLE and f"{monitor.host} GPU 1" in v.evidence and "hw_thermal" in v.evidence
-    rows = list(csv.DictReader(open(next(tmp_path.glob("csv/*/metrics.csv")))))
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
     temps = [float(r[f"gpu/{monitor.host}/1/temp_c"]) for r in rows if r.get(f"gpu/{monitor.host}/1/temp_c")]
     assert temps and set(temps) == {92.0}
     assert any(r.get(f"gpu/{monitor.host}/1/throttled") == "1.0" for r in rows)
     samples = [json.loads(x) for x in (tmp_path / "perf" / f"sys_{monitor.host}.jsonl").read_text().splitlines()]
     assert all(len(s["gpus"]) == 2 for s in samples)
+
+    from trainer.report import build_report
+
+    page = build_report(tmp_path).read_text()
+    assert "src='gpu.png'" in page and (tmp_path / "report" / "gpu.png").stat().st_size > 5000
+    assert "thermal/power throttling" in page

@@ -86,6 +86,7 @@ class PerfMonitor(pl.Callback):
         self._stragglers_file: Any = None
         self._last_handled_step = -1
         self._first_step: Optional[int] = None
+        self._warned: set[str] = set()
         self._device = torch.device("cpu")
         self._num_workers: Optional[int] = None
         self._gpu_index: Optional[int] = None
@@ -194,7 +195,10 @@ class PerfMonitor(pl.Callback):
             return
         self._last_handled_step = step
         if step % self.log_every_n_steps == 0:
-            self._log_interval(trainer, step, logger_step(trainer))
+            try:
+                self._log_interval(trainer, step, logger_step(trainer))
+            except Exception as e:  # monitoring never stops training
+                self._warn_once("perf metrics not logged", e)
         if step % self.cfg.verdict_every_n_steps == 0:
             self._exchange_and_decide(trainer, pl_module, step, final=False)
         elif step % self.cfg.straggler_every_n_steps == 0:
@@ -260,8 +264,12 @@ class PerfMonitor(pl.Callback):
 
     def _exchange(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> list[dict]:
         """All ranks: gather every rank's window row (one small all-gather); rank 0 records stragglers."""
-        summary = summarize(self.window)
-        row = torch.tensor(self._rank_row(summary, trainer.node_rank), dtype=torch.float64)
+        try:
+            values = self._rank_row(summarize(self.window), trainer.node_rank)
+        except Exception as e:  # still join the all-gather (the other ranks wait for it), with no numbers
+            self._warn_once("perf statistics failed", e)
+            values = [NAN] * len(ROW)
+        row = torch.tensor(values, dtype=torch.float64)
         if trainer.world_size > 1:
             gathered = pl_module.all_gather(row.to(pl_module.device)).cpu().reshape(trainer.world_size, len(ROW))
         else:
@@ -284,6 +292,13 @@ class PerfMonitor(pl.Callback):
                 for key in ("peak_allocated_gb", "peak_reserved_gb"):
                     if r[key] is not None:
                         metrics[f"perf/mem/rank{rank}/{key}"] = r[key]
+                if r["gpu_thermal"] is not None and r["node_rank"] != trainer.node_rank:
+                    # Other nodes' GPUs: the summary of their worst GPU (full samples: their sys_<host>.jsonl).
+                    node = f"gpu/node{int(r['node_rank'])}/worst"
+                    for key, name in (("gpu_thermal", "thermal_throttled_frac"), ("gpu_power", "power_throttled_frac"),
+                                      ("gpu_sm_clock", "sm_clock_mhz"), ("gpu_temp", "temp_c")):
+                        if r[key] is not None:
+                            metrics[f"{node}/{name}"] = r[key]
             if slow:
                 metrics["perf/straggler/slowest_rank"] = slow[0][0]
                 metrics["perf/straggler/slowdown"] = slow[0][1]
@@ -296,7 +311,11 @@ class PerfMonitor(pl.Callback):
         rows = self._exchange(trainer, pl_module, step)
         if trainer.global_rank != 0:
             return None
-        verdict = decide(self._evidence(rows, step, trainer.node_rank), self.thresholds)
+        try:
+            verdict = decide(self._evidence(rows, step, trainer.node_rank), self.thresholds)
+        except Exception as e:  # monitoring never stops training
+            self._warn_once("perf verdict failed", e)
+            return None
         if final:
             self.final_verdict = verdict
             self._report_final(trainer, verdict)
@@ -449,6 +468,11 @@ class PerfMonitor(pl.Callback):
         finally:
             if self.sampler is None:
                 reader.close()
+
+    def _warn_once(self, what: str, error: Exception) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning("%s: %s: %s (training continues)", what, type(error).__name__, error, exc_info=error)
 
     @staticmethod
     def _write(fh: Any, record: dict) -> None:

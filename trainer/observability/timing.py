@@ -16,12 +16,14 @@ Phases of one training batch, between Lightning hooks:
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 PHASES = ("data", "forward", "backward", "comm", "optimizer")
+log = logging.getLogger("trainer.perf")
 
 
 class HostClock:
@@ -52,8 +54,11 @@ class CudaClock:
         self.device = device
 
     def mark(self) -> Any:
+        # Record on this rank's device explicitly: a DDP comm-hook callback may run on a thread
+        # whose current device is another GPU (its current stream for OUR device is the one
+        # synchronised with the communication, which is what we want to time).
         event = self._torch.cuda.Event(enable_timing=True)
-        event.record()
+        event.record(self._torch.cuda.current_stream(self.device))
         return event
 
     def ready(self, mark: Any) -> bool:
@@ -126,6 +131,7 @@ class StepTimer:
         self._current: Optional[StepMarks] = None
         self._last_end: Any = None
         self._interrupted = True  # the first batch has no meaningful data wait
+        self.comm_failed = False
 
     def interrupt(self) -> None:
         """Something other than training (validation, checkpointing) runs now: the batch in
@@ -189,13 +195,17 @@ class StepTimer:
             backward = sec(m.before_backward, m.after_backward)
             optimizer = sec(m.after_backward, m.end)
             done = [d for _, d in m.comm if d is not None]
-            if done:
+            if done and not self.comm_failed:
                 # The backward call returns only when every bucket is reduced: the part of the
                 # last reduction that outlasts the last gradient computed is time spent waiting.
-                last_launch = max((lch for lch, _ in m.comm), key=lambda x: sec(m.start, x))
-                last_done = max(done, key=lambda x: sec(m.start, x))
-                comm = min(max(sec(last_launch, last_done), 0.0), backward)
-                backward -= comm
+                try:
+                    last_launch = max((lch for lch, _ in m.comm), key=lambda x: sec(m.start, x))
+                    last_done = max(done, key=lambda x: sec(m.start, x))
+                    comm = min(max(sec(last_launch, last_done), 0.0), backward)
+                    backward -= comm
+                except RuntimeError as e:  # never let timing break training: stop separating comm
+                    self.comm_failed = True
+                    log.warning("perf: communication timing disabled (%s); it stays inside backward", e)
         if m.interrupted and m.prev_end is not None:
             optimizer = None  # a checkpoint was saved inside this batch, after backward
         return StepTimes(m.step, m.batch_idx, m.samples, m.tokens, m.wall_time, step_s,
