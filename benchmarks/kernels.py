@@ -153,15 +153,17 @@ def _sync() -> None:
 def copy_bandwidth_gbps(n_bytes: int = 1 << 30) -> float:
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=DEV).uniform_()
     dst = torch.empty_like(src)
-    ms = time_ms(lambda a, b: b.copy_(a), [[src, dst]], grad=False)
+    ms = time_ms(lambda a, b: b.copy_(a), [[src, dst]], backward=False)
     return 2 * n_bytes / (ms * 1e-3) / 1e9
 
 
-def time_ms(fn: Callable, input_sets: list[list[torch.Tensor]], grad: bool, warmup: int = 3, iters: int = 15) -> float:
-    """Median CUDA-event time of fn over rotated input sets; with grad, forward + backward."""
+def time_ms(
+    fn: Callable, input_sets: list[list[torch.Tensor]], backward: bool, warmup: int = 3, iters: int = 15
+) -> float:
+    """Median CUDA-event time of fn over rotated input sets; with backward, forward + backward."""
 
     def once(args):
-        if not grad:
+        if not backward:
             return fn(*args)
         out = fn(*args)
         outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -200,10 +202,6 @@ def _grad_like(o: torch.Tensor) -> torch.Tensor:
     return _GRADS[key]
 
 
-def forward_only(fn: Callable) -> Callable:
-    return lambda *args: fn(*args)
-
-
 def peak_mib(fn: Callable, args: list[torch.Tensor]) -> float | None:
     """Peak memory above what was allocated before, over a forward and backward (CUDA only)."""
     if DEV != "cuda":
@@ -230,8 +228,8 @@ def run_case(case: Case, copy_gbps: float, compile_ref: bool) -> Result:
         impls["compile"] = torch.compile(case.ref_fn, dynamic=False)
     for name, fn in impls.items():
         start = time.monotonic()
-        res.fwd_ms[name] = time_ms(forward_only(fn), input_sets, grad=False)
-        res.fwd_bwd_ms[name] = time_ms(fn, input_sets, grad=True)
+        res.fwd_ms[name] = time_ms(fn, input_sets, backward=False)  # the training forward (inputs need grad)
+        res.fwd_bwd_ms[name] = time_ms(fn, input_sets, backward=True)
         print(f"  {case.op} {name}: fwd {res.fwd_ms[name]:.3f} ms, fwd+bwd {res.fwd_bwd_ms[name]:.3f} ms "
               f"({time.monotonic() - start:.0f}s incl. compile)", file=sys.stderr, flush=True)
     if case.bandwidth_bound:
@@ -336,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_case(case, copy_gbps, compile_ref=compile_ref))
         except Exception as e:  # noqa: BLE001 - one failing case must not hide the others
             results.append(Result(case.op, case.shape, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+        _GRADS.clear()
         if DEV == "cuda":
             torch.cuda.empty_cache()
         write_reports(args.out, device, copy_gbps, results)  # after every op: a timeout keeps what was measured
