@@ -52,12 +52,12 @@ step "build kernels (AOT, arch $TORCH_CUDA_ARCH_LIST)" 200 "$OUT/build.log" \
 step "gpu tests" 150 "$OUT/tests.log" \
   "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/junit.xml" tests/gpu/test_kernels_gpu.py tests/ops
 left=$((BUDGET_S - SECONDS))
-bench_args=(--out "$OUT" --budget-s $((left - 30)))
+[ $left -lt 60 ] && left=60
+bench_args=(--out "$OUT" --budget-s $((left - 20)))
 if [ $left -lt 150 ]; then
   bench_args+=(--quick --no-compile)
   SUMMARY+=("note   benchmark reduced to --quick --no-compile (${left}s left of ${BUDGET_S}s)")
 fi
-[ $left -lt 60 ] && left=60
 step "benchmark" "$left" "$OUT/bench.log" "$PY" benchmarks/kernels.py "${bench_args[@]}"
 
 echo
