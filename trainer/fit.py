@@ -88,7 +88,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
         },
         stop_requested=preemption.agreed,
     )
-    callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero)]
+    callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero, metrics_every=t.log_every_steps)]
     callbacks += _observability_callbacks(cfg, run_dir, net)
     callbacks += list(extra_callbacks)
     loggers = build_loggers(
