@@ -91,11 +91,13 @@ class StepClock:
     wall: list[float] = field(default_factory=list)  # per-step seconds after warm-up
     cpu: list[float] = field(default_factory=list)  # per-step process CPU seconds (all threads)
     window_s: float | None = None  # synchronised wall time of steps warmup+1..total
+    window_tree_cpu_s: float | None = None  # CPU time of this process and its children over the window
     peak_mem_gib: float | None = None
     checkpoint_save_s: list[float] = field(default_factory=list)
     _t_start: float = 0.0
     _last: tuple[float, float] | None = None
     _window_t0: float = 0.0
+    _window_cpu0: float = 0.0
     _seen: int = 0
 
     def start(self) -> None:
@@ -119,9 +121,10 @@ class StepClock:
             self.wall.append(now[0] - self._last[0])
             self.cpu.append(now[1] - self._last[1])
         if step == self.warmup:
-            self._window_t0 = now[0]
+            self._window_t0, self._window_cpu0 = now[0], tree_cpu_s()
         if step == self.total:
             self.window_s = now[0] - self._window_t0
+            self.window_tree_cpu_s = tree_cpu_s() - self._window_cpu0
             if self.cuda:
                 import torch
 
@@ -145,6 +148,7 @@ class StepClock:
             "median_step_s": statistics.median(self.wall),
             "median_cpu_step_s": statistics.median(self.cpu),
             "mean_step_s": (self.window_s or sum(self.wall)) / self.timed_steps,
+            "mean_tree_cpu_step_s": (self.window_tree_cpu_s or 0.0) / self.timed_steps,
             "first_step_s": self.first_step_s,
             "timed_steps": self.timed_steps,
             "peak_mem_gib": self.peak_mem_gib,
@@ -152,6 +156,19 @@ class StepClock:
             "step_s": list(self.wall),
             "cpu_step_s": list(self.cpu),
         }
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and all its live children: loader workers and
+    W&B's service process do work for the run that the process's own CPU time leaves out."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
 
 
 def clock_callback(clock: StepClock):
