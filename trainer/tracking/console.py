@@ -33,7 +33,7 @@ def setup_logging(run_dir: Path, rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int = 10) -> list:
+def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int = 2) -> list:
     """The progress bar: redrawn `redraws_per_s` times a second, the logged loss read every
     `metrics_every` steps."""
     if not enabled:
@@ -46,7 +46,7 @@ def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int
         Lightning's Rich bar reads the logged metrics after every batch (for a tensor on the GPU,
         a synchronisation that drains the launch queue each step) and redraws from a thread 100
         times a second (host time taken from the training loop). Here the metrics are read on
-        the logging cadence and the bar is redrawn as often as a person can read it.
+        the logging cadence and the bar is redrawn twice a second (a redraw costs ~0.75 ms of CPU).
         """
 
         _skip_metrics = False
