@@ -119,25 +119,29 @@ def main() -> None:
     ap.add_argument("--num-proc", default="1,2", help="comma-separated num_proc values for the shard build")
     ap.add_argument("--batches", type=int, default=300, help="batches read per loader measurement")
     ap.add_argument("--bpe", action="store_true", help="also time one BPE build (tokenizer training included)")
+    ap.add_argument("--workers", default="0,2", help="comma-separated loader worker counts")
+    ap.add_argument("--loader-only", action="store_true", help="skip the shard builds and the CPU model (GPU machines)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--plot", default=None)
     args = ap.parse_args()
     quiet()
+    import torch
+
     info = machine()
 
-    mb, n_docs = corpus_megabytes()
+    mb, n_docs = corpus_megabytes() if not args.loader_only else (float("nan"), 0)
     builds = []
-    for n in (int(x) for x in args.num_proc.split(",")):
+    for n in (int(x) for x in args.num_proc.split(",") if not args.loader_only):
         s = build_once(n, "byte")
         builds.append({"tokenizer": "byte", "num_proc": n, "seconds": s, "mb_per_s": mb / s})
         print(f"shard build, byte, num_proc={n}: {s:.2f} s, {mb / s:.2f} MB/s", flush=True)
-    if args.bpe:
+    if args.bpe and not args.loader_only:
         n = max(int(x) for x in args.num_proc.split(","))
         s = build_once(n, "bpe")
         builds.append({"tokenizer": "bpe (4096, training included)", "num_proc": n, "seconds": s, "mb_per_s": mb / s})
         print(f"shard build, bpe, num_proc={n}: {s:.2f} s, {mb / s:.2f} MB/s", flush=True)
 
-    cpu_model_tps, cpu_model = model_tokens_per_s()
+    cpu_model_tps, cpu_model = model_tokens_per_s() if not args.loader_only else (float("nan"), {})
     gpt2_bound, gpt2_fpt = gpt2_peak_tokens_per_s()
     print(f"default model on this CPU consumes {cpu_model_tps:,.0f} tokens/s; GPT-2-124M at 100% of an H100's "
           f"bf16 peak would consume {gpt2_bound:,.0f} tokens/s", flush=True)
@@ -146,7 +150,9 @@ def main() -> None:
               ("gpt2", 1024, 64, gpt2_bound, "GPT-2-124M at 100% MFU on an H100 (bound)")]
     loaders = []
     for name, T, B, consume, what in shapes:
-        for workers in (0, 2):
+        if args.loader_only and name == "default":
+            continue
+        for workers in (int(w) for w in args.workers.split(",")):
             tps = loader_tokens_per_s(T, B, workers, args.batches)
             loaders.append({"shape": name, "seq_len": T, "batch_size": B, "workers": workers, "tokens_per_s": tps,
                             "model_tokens_per_s": consume, "model": what, "ratio": tps / consume})
@@ -155,7 +161,8 @@ def main() -> None:
     summary = {"machine": info, "corpus_mb": mb, "documents": n_docs, "builds": builds, "loaders": loaders,
                "cpu_model": {"tokens_per_s": cpu_model_tps, **cpu_model},
                "gpt2_flops_per_token": gpt2_fpt, "gpt2_tokens_per_s_at_h100_peak": gpt2_bound,
-               "goal_ratio": GOAL, "goal_met": all(r["ratio"] >= GOAL for r in loaders if r["workers"] == 0)}
+               "goal_ratio": GOAL, "goal_met": all(r["ratio"] >= GOAL for r in loaders if r["workers"] == 0),
+               "pin_memory": torch.cuda.is_available()}
     print(f"\n{describe(info)}; corpus {mb:.1f} MB of text, {n_docs} documents")
     print(markdown_table(["tokenizer", "num_proc", "build (s)", "MB of text / s"],
                          [[b["tokenizer"], b["num_proc"], f"{b['seconds']:.2f}", f"{b['mb_per_s']:.2f}"] for b in builds]))
