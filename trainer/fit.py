@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,8 +21,11 @@ log = logging.getLogger("trainer")
 REQUEUE_EXIT = 124  # SLURM/launcher scripts requeue on this code (preempted, checkpoint saved)
 
 
-def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
-    """Train; returns the process exit code (0 done, REQUEUE_EXIT preempted)."""
+def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequence[Any] = ()) -> int:
+    """Train; returns the process exit code (0 done, REQUEUE_EXIT preempted).
+
+    extra_callbacks run after the framework's own (benchmarks pass their step clocks here).
+    """
     import pytorch_lightning as pl
     import torch
 
@@ -88,7 +91,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     # Observability first: its batch-end mark then lands before a checkpoint save, which it
     # leaves out of the step timing instead of counting it as optimizer time.
     callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), checkpointer,
-                            *console.progress_callbacks(t.progress_bar and is_zero)]
+                            *console.progress_callbacks(t.progress_bar and is_zero, metrics_every=t.log_every_steps)]
+    callbacks += list(extra_callbacks)
     loggers = build_loggers(
         run_dir,
         run_name=cfg.run.name,
