@@ -84,6 +84,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     )
     callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero)]
     callbacks += _observability_callbacks(cfg, run_dir, net)
+    if s.name == "fsdp" and t.gradient_clip_val:
+        from trainer.distributed.fsdp import fsdp_grad_clip_callback
+
+        callbacks.append(fsdp_grad_clip_callback(t.gradient_clip_val))
     loggers = build_loggers(
         run_dir,
         run_name=cfg.run.name,
@@ -105,7 +109,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         max_steps=t.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val if s.name != "deepspeed" else None,
+        # DeepSpeed clips inside its engine (JSON), FSDP in a callback (Lightning's FSDP plugin cannot).
+        gradient_clip_val=t.gradient_clip_val if s.name in ("single", "ddp") else None,
         val_check_interval=t.val_every_steps * t.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,

@@ -28,9 +28,9 @@ def build_strategy(
 
         return DDPStrategy(process_group_backend=backend, timeout=timeout, find_unused_parameters=False)
     if name == "fsdp":
-        from pytorch_lightning.strategies import FSDPStrategy
+        from trainer.distributed.fsdp import make_fsdp_strategy
 
-        return FSDPStrategy(
+        return make_fsdp_strategy(on_gpu=on_gpu,
             sharding_strategy=fsdp_sharding,
             state_dict_type=fsdp_state_dict,
             process_group_backend=backend,
