@@ -48,6 +48,11 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     if s.name == "single" and proc.world_size > 1:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
+    from trainer.distributed.process import prepare_rank
+
+    prepare_rank(run_dir=run_dir, cache_dir=cfg.paths.cache_dir, on_gpu=on_gpu, devices=t.devices,
+                 num_nodes=t.num_nodes, num_workers=int(cfg.data.get("num_workers", 0) or 0))
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     mode = ops.set_kernel_mode(cfg.kernels)
 
@@ -61,7 +66,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
 
     world = t.devices * t.num_nodes
     global_batch = int(cfg.data.get("batch_size", 1)) * t.accumulate_grad_batches * world
-    strategy = _strategy(cfg, run_dir, on_gpu, precision)
+    strategy = _strategy(cfg, run_dir, on_gpu, precision, net)
     ckpt_root = run_dir / "checkpoints"
     preemption = _preemption()
     checkpointer = CheckpointManager(
@@ -84,6 +89,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     )
     callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero)]
     callbacks += _observability_callbacks(cfg, run_dir, net)
+    if proc.world_size > 1:
+        from trainer.distributed.agreement import RankAgreementCheck
+
+        callbacks.append(RankAgreementCheck(OmegaConf.to_container(cfg, resolve=True)))
     if s.name == "fsdp" and t.gradient_clip_val:
         from trainer.distributed.fsdp import fsdp_grad_clip_callback
 
@@ -226,7 +235,8 @@ def _build_module(cfg: DictConfig, net):
     )
 
 
-def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
+def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str, net):
+    from trainer.distributed.fsdp import repeated_block_types
     from trainer.distributed.strategies import build_strategy, deepspeed_json, save_deepspeed_json
 
     s, t = cfg.strategy, cfg.trainer
@@ -258,6 +268,7 @@ def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
         deepspeed_json=ds,
         fsdp_sharding=s.fsdp_sharding,
         fsdp_state_dict=s.fsdp_state_dict,
+        fsdp_wrap_types=repeated_block_types(net),
     )
 
 

@@ -49,8 +49,19 @@ class TrainModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
         loss = self(inputs, targets)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        self.log("train/loss", self._step_mean_loss(loss), prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         return loss
+
+    def _step_mean_loss(self, loss):
+        """The mean loss of this optimizer step so far, over its micro-batches; sync_dist then
+        averages the ranks. So train/loss is the global batch's loss whatever the world size and
+        accumulation (1 process accumulating 2 logs what 2 processes log)."""
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if getattr(self, "_loss_step", None) != step:
+            self._loss_step, self._loss_sum, self._loss_count = step, 0.0, 0
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_count += 1
+        return self._loss_sum / self._loss_count
 
     def validation_step(self, batch, batch_idx):
         inputs, targets = batch

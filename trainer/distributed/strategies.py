@@ -18,6 +18,7 @@ def build_strategy(
     deepspeed_json: dict[str, Any] | None = None,
     fsdp_sharding: str = "FULL_SHARD",
     fsdp_state_dict: str = "sharded",
+    fsdp_wrap_types: set[type] | None = None,
 ):
     if name == "single":
         return "auto"
@@ -30,11 +31,13 @@ def build_strategy(
     if name == "fsdp":
         from trainer.distributed.fsdp import make_fsdp_strategy
 
-        return make_fsdp_strategy(on_gpu=on_gpu,
+        return make_fsdp_strategy(
+            on_gpu=on_gpu,
             sharding_strategy=fsdp_sharding,
             state_dict_type=fsdp_state_dict,
             process_group_backend=backend,
             timeout=timeout,
+            wrap_types=fsdp_wrap_types,
         )
     if name == "deepspeed":
         from trainer.distributed.deepspeed import make_deepspeed_strategy
