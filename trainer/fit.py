@@ -135,12 +135,21 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     )
 
     resume = pick_resume_checkpoint(ckpt_root, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
+    resume_state = None
+    if resume:  # another world size or strategy: convert (DeepSpeed universal) or refuse, before any step
+        from trainer.checkpoint.reshard import plan_resume
+
+        plan = plan_resume(resume, strategy=s.name, zero_stage=s.zero_stage if s.name == "deepspeed" else None,
+                           world_size=world, global_batch=global_batch)
+        resume_state = plan.state_path
+        if plan.load_universal:
+            strategy.config.setdefault("checkpoint", {})["load_universal"] = True
     if is_zero:
         console.print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, mode, resume)
         update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None,
                         data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0

@@ -36,6 +36,9 @@ class TrainModule(pl.LightningModule):
         self.max_steps = max_steps
         self.compile = compile
         self._compiled: nn.Module | None = None
+        # Weight decay on matrices (linear and embedding weights) only; not on norms or biases. Decided
+        # here, on the plain net: under FSDP the parameters seen by configure_optimizers are flat shards.
+        self._decay_names = {n for n, p in net.named_parameters() if p.dim() >= 2}
 
     def configure_model(self) -> None:
         # torch.compile is applied from outside the model, after the strategy has wrapped/moved it.
@@ -75,11 +78,10 @@ class TrainModule(pl.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for _, p in self.net.named_parameters():
+        for name, p in self.net.named_parameters():
             if not p.requires_grad:
                 continue
-            # Weight decay on matrices (linear and embedding weights) only; not on norms or biases.
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if _unwrapped_name(name) in self._decay_names else no_decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -108,3 +110,10 @@ class TrainModule(pl.LightningModule):
             return 1.0
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name in the plain net: FSDP and activation checkpointing insert wrapper modules."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(wrapper, "")
+    return name

@@ -1,8 +1,8 @@
-"""2 processes = 1 process accumulating 2 micro-batches: the same loss curve, for every strategy.
+"""2 processes = 1 process accumulating 2 micro-batches: the same loss curve, for every strategy,
+across a stop and resume at step 4 (so every strategy also saves and resumes).
 
-Real processes: `trainer.devices=2` starts 2 ranks over gloo through torchrun from the frozen
-config. The reference is the plain single-process trainer with trainer.accumulate_grad_batches=2:
-the same global batch, the same samples (step-indexed sampling), the same optimizer.
+The reference is the plain single-process trainer with trainer.accumulate_grad_batches=2: the
+same global batch, the same samples (step-indexed sampling), the same optimizer.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import json
 import pytest
 import yaml
 
-from tests.distributed.helpers import assert_same_curve, losses, ok, train
-
-STEPS = 8
+from tests.distributed.conftest import SPLIT, STEPS
+from tests.distributed.helpers import assert_same_curve, losses
 
 # strategy option -> allowed relative difference per step (fp32 on CPU)
 TOLERANCE = {
@@ -26,27 +25,20 @@ TOLERANCE = {
 }
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, shared_cache):
-    run = tmp_path_factory.mktemp("reference") / "run"
-    ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", "trainer.accumulate_grad_batches=2"))
-    return run
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(TOLERANCE))
-def test_two_ranks_match_one_rank_accumulating_two(strategy, reference, tmp_path, shared_cache):
-    run = tmp_path / "run"
-    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", f"strategy={strategy}", "trainer.devices=2"))
-    want = losses(reference)
+def test_two_ranks_match_one_rank_accumulating_two(strategy, runs):
+    want = losses(runs.reference())
     assert sorted(want) == list(range(STEPS))
+    run = runs.two_ranks(strategy)
     assert_same_curve(losses(run), want, TOLERANCE[strategy])
-    # One run dir, one resolved config, one manifest; only rank 0 printed the summary.
+    # One run dir, one resolved config, one manifest, one log per rank.
     assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["devices"] == 2
-    assert json.loads((run / "manifest.json").read_text())["summary"]["steps"] == STEPS
-    assert proc.stdout.count("run summary") == 1
-    assert sorted(p.name for p in (run / "logs").iterdir()) == ["rank0.log", "rank1.log"]
+    summary = json.loads((run / "manifest.json").read_text())["summary"]
+    assert summary["steps"] == STEPS and summary["steps_this_session"] == STEPS - SPLIT
+    assert sorted(p.name for p in (run / "logs").iterdir() if p.suffix == ".log") == ["rank0.log", "rank1.log"]
     if strategy.startswith("deepspeed"):
         ds = json.loads((run / "deepspeed_config.json").read_text())
         assert ds["zero_optimization"]["stage"] == int(strategy[len("deepspeed_zero")])
         assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_clipping"] == 1.0
+        assert ("offload_optimizer" in ds["zero_optimization"]) == strategy.endswith("offload")

@@ -21,7 +21,8 @@ def make_fsdp_strategy(*, on_gpu: bool, sharding_strategy: str, state_dict_type:
                        timeout: timedelta, wrap_types: set[type[nn.Module]] | None = None):
     from pytorch_lightning.strategies import FSDPStrategy
 
-    kwargs = {"auto_wrap_policy": wrap_types} if wrap_types else {}
+    # use_orig_params: the optimizer sees the net's own parameters (names, groups), not flat buffers.
+    kwargs = {"use_orig_params": True, **({"auto_wrap_policy": wrap_types} if wrap_types else {})}
     cls = FSDPStrategy if on_gpu else _cpu_strategy_class()
     return cls(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
                process_group_backend=process_group_backend, timeout=timeout, **kwargs)

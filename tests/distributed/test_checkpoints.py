@@ -1,0 +1,72 @@
+"""Sharded checkpoints: manifests that name their shards, export of ZeRO-3/FSDP shards to one
+safetensors file equal to the live model, and resume on another world size (2 -> 1 -> 2)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import cli
+from tests.distributed.conftest import LIVE, SPLIT, STEPS
+from tests.distributed.helpers import EXTENSIONS, assert_same_curve, losses, ok, train
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
+def test_export_consolidates_shards_into_the_live_model(strategy, runs, tmp_path):
+    from safetensors.torch import load_file
+
+    run = runs.two_ranks(strategy)
+    ckpt = run / "checkpoints" / f"step-{STEPS:08d}"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["strategy"] == strategy.split("_")[0]
+    assert manifest["zero_stage"] == (3 if strategy.startswith("deepspeed") else None)
+    assert {s["rank"] for s in manifest["shards"]} >= {0, 1}
+
+    ok(cli("trainer.export", f"run.dir={run}", env={"TORCH_EXTENSIONS_DIR": EXTENSIONS}))
+    exported = load_file(str(run / "export" / "model.safetensors"))
+    live = torch.load(run / "live_weights.pt", weights_only=True)
+    assert sorted(exported) == sorted(live)
+    for name, tensor in live.items():
+        assert exported[name].numel() > 0 and exported[name].shape == tensor.shape, name
+        assert torch.equal(exported[name], tensor), name
+
+    # A lost shard is named, at export and at resume, and never loaded.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(ckpt, damaged / "checkpoints" / ckpt.name)
+    shutil.copy(run / "model.json", damaged / "model.json")
+    lost = next(s["file"] for s in manifest["shards"] if s["rank"] == 1)
+    (damaged / "checkpoints" / ckpt.name / lost).unlink()
+    proc = cli("trainer.export", f"run.dir={damaged}", f"checkpoint={damaged / 'checkpoints' / ckpt.name}")
+    assert proc.returncode == 2, proc.stderr
+    assert f"missing shard {lost}" in proc.stderr and "rank 1 of 2" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero3"])
+def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
+    """Same global batch: 2 ranks (to step 4) -> 1 rank accumulating 2 (to step 6) -> 2 ranks (to 8)
+    follows the 2-rank run's loss curve."""
+    straight = runs.two_ranks(strategy)
+    run = tmp_path / "run"
+    one = [f"strategy={strategy}", "trainer.devices=1", "trainer.accumulate_grad_batches=2"]
+    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", "run.stop_after_steps=6", *LIVE, *one,
+                    f"run.resume_from={straight / 'checkpoints' / f'step-{SPLIT:08d}'}"))
+    assert "resuming from step 4" in proc.stdout + proc.stderr
+    ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", *LIVE, f"strategy={strategy}", "trainer.devices=2"))
+    tol = 1e-5 if strategy == "ddp" else 1e-4
+    assert_same_curve(losses(run), losses(straight), tol, steps=list(range(SPLIT, STEPS)))
+    manifest = json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())
+    assert manifest["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_a_zero_checkpoint_is_refused_by_ddp_before_training(runs, tmp_path, shared_cache):
+    ckpt = runs.two_ranks("deepspeed_zero3") / "checkpoints" / f"step-{SPLIT:08d}"
+    proc = train(tmp_path / "run", shared_cache, f"trainer.max_steps={STEPS}", "strategy=single",
+                 f"run.resume_from={ckpt}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "DeepSpeed ZeRO-3 checkpoint" in proc.stderr and "python -m trainer.export" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
