@@ -18,7 +18,7 @@ TINY = [
 EXTENSIONS = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path("~/.cache/trainer/torch_extensions").expanduser())
 
 
-def train(run_dir: Path, cache: Path, *extra: str, timeout: int = 300):
+def train(run_dir: Path, cache: Path, *extra: str, timeout: int = 600):
     return cli("trainer.train", *TINY, f"run.dir={run_dir}", f"paths.cache_dir={cache}", *extra,
                env={"TORCH_EXTENSIONS_DIR": EXTENSIONS}, timeout=timeout)
 
