@@ -3,8 +3,8 @@
     python benchmarks/memory.py [--d-model 640 --layers 11]      # starts 2 ranks per strategy
 
 Each strategy runs under torchrun (2 gloo ranks on CPU, fp32, AdamW) on a GPT of >= 50M
-parameters: one forward/backward (gradients measured before the step) and one optimizer step
-(optimizer state measured after it). Bytes are counted per rank from the tensors the engine
+parameters: gradients measured between backward and the optimizer step, the optimizer
+state after the step. Bytes are counted per rank from the tensors the engine
 holds, each storage once:
   params     the model's parameters (ZeRO-3: this rank's partition, `ds_tensor`)
   grads      .grad of the parameters plus the ZeRO optimizer's gradient partitions
@@ -87,16 +87,21 @@ def measure_ddp(net, batch, world: int) -> dict[str, float]:
     params = sum(c.bytes_of(p.data) for p in net.parameters())
     grads = sum(c.bytes_of(p.grad) for p in net.parameters())
     opt.step()
+    c = StorageCounter()  # a new phase: freed storages may be reused at the same address
+    sum(c.bytes_of(p.data) for p in net.parameters())
     optim = sum(c.bytes_of(s.get(k)) for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq"))
     return {"params": params, "grads": grads, "optimizer": optim, "fp32_copy": 0.0}
 
 
 def measure_zero(net, batch, stage: int, micro_batch: int) -> dict[str, float]:
+    """Gradients are measured after the first of 2 accumulated micro-batches: the gradient memory held
+    through an accumulation window (ZeRO-1 keeps full gradients until the step; ZeRO-2/3 reduce-scatter
+    each micro-batch into this rank's partition)."""
     import deepspeed
 
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": 2,
         "zero_optimization": {"stage": stage, "contiguous_gradients": True, "overlap_comm": False,
                               "reduce_bucket_size": 2_000_000, "allgather_bucket_size": 2_000_000,
                               "stage3_prefetch_bucket_size": 2_000_000, "stage3_param_persistence_threshold": 0},
@@ -104,16 +109,22 @@ def measure_zero(net, batch, stage: int, micro_batch: int) -> dict[str, float]:
     }
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     engine, zopt, _, _ = deepspeed.initialize(model=net, optimizer=opt, config=config, dist_init_required=False)
-    loss = engine(*batch)
-    engine.backward(loss)
+
+    def param_bytes(c: StorageCounter) -> float:
+        if stage == 3:
+            return sum(c.bytes_of(p.ds_tensor) for p in engine.module.parameters())
+        return sum(c.bytes_of(p.data) for p in engine.module.parameters())
+
+    engine.backward(engine(*batch))
+    engine.step()  # not an optimizer step yet: the first micro-batch of 2
     c = StorageCounter()
-    if stage == 3:
-        params = sum(c.bytes_of(p.ds_tensor) for p in engine.module.parameters())
-    else:
-        params = sum(c.bytes_of(p.data) for p in engine.module.parameters())
+    params = param_bytes(c)
     grads = sum(c.bytes_of(p.grad) for p in engine.module.parameters())
     grads += c.attrs(zopt, ("grad",), exclude=("ipg", "bucket", "norm"))
+    engine.backward(engine(*batch))
     engine.step()
+    c = StorageCounter()  # a new phase: freed storages may be reused at the same address
+    param_bytes(c)
     base = zopt.optimizer
     optim = sum(c.bytes_of(s.get(k)) for s in base.state.values() for k in ("exp_avg", "exp_avg_sq"))
     fp32 = c.attrs(zopt, ("fp32",))

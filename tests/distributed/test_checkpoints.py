@@ -36,7 +36,8 @@ def test_export_consolidates_shards_into_the_live_model(strategy, runs, tmp_path
     # A lost shard is named, at export and at resume, and never loaded.
     damaged = tmp_path / "damaged"
     shutil.copytree(ckpt, damaged / "checkpoints" / ckpt.name)
-    shutil.copy(run / "model.json", damaged / "model.json")
+    for name in ("model.json", "config.yaml"):
+        shutil.copy(run / name, damaged / name)
     lost = next(s["file"] for s in manifest["shards"] if s["rank"] == 1)
     (damaged / "checkpoints" / ckpt.name / lost).unlink()
     proc = cli("trainer.export", f"run.dir={damaged}", f"checkpoint={damaged / 'checkpoints' / ckpt.name}")
