@@ -46,7 +46,7 @@ def test_export_consolidates_shards_into_the_live_model(strategy, runs, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero3"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2"])
 def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
     """Same global batch: 2 ranks (to step 4) -> 1 rank accumulating 2 (to step 6) -> 2 ranks (to 8)
     follows the 2-rank run's loss curve."""
@@ -64,10 +64,14 @@ def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
 
 
 @pytest.mark.slow
-def test_a_zero_checkpoint_is_refused_by_ddp_before_training(runs, tmp_path, shared_cache):
+@pytest.mark.parametrize("strategy, message", [
+    ("single", "is a DeepSpeed ZeRO-3 checkpoint; resume it with a DeepSpeed strategy"),
+    ("deepspeed_zero3", "is a ZeRO-3 checkpoint of 2 ranks; resuming it on 1 ranks with ZeRO-3 is not exact"),
+])
+def test_a_zero3_checkpoint_is_refused_before_training(strategy, message, runs, tmp_path, shared_cache):
     ckpt = runs.two_ranks("deepspeed_zero3") / "checkpoints" / f"step-{SPLIT:08d}"
-    proc = train(tmp_path / "run", shared_cache, f"trainer.max_steps={STEPS}", "strategy=single",
+    proc = train(tmp_path / "run", shared_cache, f"trainer.max_steps={STEPS}", f"strategy={strategy}",
                  f"run.resume_from={ckpt}")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "DeepSpeed ZeRO-3 checkpoint" in proc.stderr and "python -m trainer.export" in proc.stderr
+    assert message in proc.stderr and f"python -m trainer.export run.dir=RUN_DIR checkpoint={ckpt}" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
