@@ -46,32 +46,35 @@ def test_export_consolidates_shards_into_the_live_model(strategy, runs, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero3"])
 def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
-    """Same global batch: 2 ranks (to step 4) -> 1 rank accumulating 2 (to step 6) -> 2 ranks (to 8)
-    follows the 2-rank run's loss curve."""
+    """Same global batch (8): 2 ranks x 4 (to step 4) -> 1 rank x 8 (to step 6) -> 2 ranks x 4 (to 8)
+    follows the straight 2-rank run's loss curve. (The global batch is kept by the micro-batch size, not
+    by accumulation: DeepSpeed's own accumulation sums in another order, which Adam amplifies on
+    near-zero gradients; that is numerics, not the checkpoint.) ZeRO goes through a universal checkpoint."""
     straight = runs.two_ranks(strategy)
     run = tmp_path / "run"
-    one = [f"strategy={strategy}", "trainer.devices=1", "trainer.accumulate_grad_batches=2"]
-    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", "run.stop_after_steps=6", *LIVE, *one,
+    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", "run.stop_after_steps=6", *LIVE,
+                    f"strategy={strategy}", "trainer.devices=1", "data.batch_size=8",
                     f"run.resume_from={straight / 'checkpoints' / f'step-{SPLIT:08d}'}"))
-    assert "resuming from step 4" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "resuming from step 4" in out
+    assert ("universal checkpoint" in out) == strategy.startswith("deepspeed")
+    assert json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())["world_size"] == 1
     ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", *LIVE, f"strategy={strategy}", "trainer.devices=2"))
     tol = 1e-5 if strategy == "ddp" else 1e-4
     assert_same_curve(losses(run), losses(straight), tol, steps=list(range(SPLIT, STEPS)))
-    manifest = json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())
-    assert manifest["world_size"] == 1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, message", [
-    ("single", "is a DeepSpeed ZeRO-3 checkpoint; resume it with a DeepSpeed strategy"),
-    ("deepspeed_zero3", "is a ZeRO-3 checkpoint of 2 ranks; resuming it on 1 ranks with ZeRO-3 is not exact"),
+@pytest.mark.parametrize("source, strategy, message", [
+    ("deepspeed_zero3", "single", "is a DeepSpeed ZeRO-3 checkpoint; resume it with a DeepSpeed strategy"),
+    ("fsdp", "fsdp", "holds FSDP shards of 2 ranks; resume it with strategy=fsdp on 2 ranks"),
 ])
-def test_a_zero3_checkpoint_is_refused_before_training(strategy, message, runs, tmp_path, shared_cache):
-    ckpt = runs.two_ranks("deepspeed_zero3") / "checkpoints" / f"step-{SPLIT:08d}"
+def test_unloadable_checkpoints_are_refused_before_training(source, strategy, message, runs, tmp_path, shared_cache):
+    ckpt = runs.two_ranks(source) / "checkpoints" / f"step-{SPLIT:08d}"
     proc = train(tmp_path / "run", shared_cache, f"trainer.max_steps={STEPS}", f"strategy={strategy}",
                  f"run.resume_from={ckpt}")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert message in proc.stderr and f"python -m trainer.export run.dir=RUN_DIR checkpoint={ckpt}" in proc.stderr
+    assert message in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()

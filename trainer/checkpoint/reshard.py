@@ -2,16 +2,14 @@
 
 - A full checkpoint (`state.ckpt`: single, ddp, fsdp with full state dicts) loads on any world
   size with single, ddp or fsdp.
-- A DeepSpeed ZeRO-1/2 checkpoint is partitioned by data-parallel rank. On another world size (or
-  stage 1 <-> 2) it is converted once to DeepSpeed's *universal* checkpoint (per-parameter fp32
+- A DeepSpeed ZeRO checkpoint is partitioned by data-parallel rank. On another world size (or
+  ZeRO stage) it is converted once to DeepSpeed's *universal* checkpoint (per-parameter fp32
   weights and Adam moments, `deepspeed.checkpoint.ds_to_universal`), which DeepSpeed re-partitions
   at load (`checkpoint.load_universal`). The conversion is written next to the checkpoint,
   atomically, under a lock (the first rank converts, the others wait); the original is untouched.
 
         python -m trainer.checkpoint.reshard RUN_DIR/checkpoints/step-XXXXXXXX   # convert by hand
 
-- ZeRO-3 on another world size is refused: DeepSpeed's universal loader does not restore its
-  optimizer state exactly (measured: the loss departs at the first resumed step).
 - Anything else (ZeRO into ddp/fsdp, a full checkpoint into DeepSpeed, FSDP shards on another
   world size) is refused before training with the way out.
 """
@@ -58,15 +56,6 @@ def plan_resume(info: store.CheckpointInfo, *, strategy: str, zero_stage: int | 
             )
         if saved_world == world_size and saved_stage == zero_stage:
             return ResumePlan(info.state_path)
-        if 3 in (saved_stage, zero_stage):
-            # Measured here: after a ZeRO-3 universal load the loss curve departs from the straight run's
-            # at the first step (~1e-3 relative), so the optimizer state is not restored exactly.
-            raise UserError(
-                f"{info.path} is a ZeRO-{saved_stage} checkpoint of {saved_world} ranks; resuming it on {world_size} "
-                f"ranks with ZeRO-{zero_stage} is not exact (DeepSpeed's universal checkpoint does not restore ZeRO-3 "
-                f"optimizer state faithfully). Resume on {saved_world} ranks (trainer.devices x trainer.num_nodes), or "
-                f"consolidate its weights: python -m trainer.export run.dir=RUN_DIR checkpoint={info.path}"
-            )
         log.info("resuming a ZeRO-%s checkpoint of %s ranks on %s ranks (ZeRO-%s) through a universal checkpoint",
                  saved_stage, saved_world, world_size, zero_stage)
         return ResumePlan(ensure_universal(info), load_universal=True)
