@@ -45,16 +45,18 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         raise UserError(f"trainer.precision={precision} needs a GPU; use 32-true or bf16-mixed on CPU")
     if not on_gpu:
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // max(1, local_world_size())))
+    from trainer.distributed.preflight import preflight_checks
+
+    preflight_checks(t.devices, t.num_nodes, int(cfg.data.get("num_workers", 0) or 0))
     if s.name == "single" and proc.world_size > 1:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
     from trainer.distributed.process import prepare_rank
 
-    prepare_rank(run_dir=run_dir, cache_dir=cfg.paths.cache_dir, on_gpu=on_gpu, devices=t.devices,
-                 num_nodes=t.num_nodes, num_workers=int(cfg.data.get("num_workers", 0) or 0))
+    prepare_rank(run_dir=run_dir, cache_dir=cfg.paths.cache_dir, on_gpu=on_gpu)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    mode = ops.set_kernel_mode(cfg.kernels)
+    mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
 
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
@@ -85,10 +87,12 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "accumulate_grad_batches": t.accumulate_grad_batches,
             "data_fingerprint": getattr(datamodule, "fingerprint", None),
         },
-        stop_requested=preemption.agreed if preemption else None,
+        stop_requested=preemption.agreed,
     )
-    callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero)]
-    callbacks += _observability_callbacks(cfg, run_dir, net)
+    # Observability first: its batch-end mark then lands before a checkpoint save, which it
+    # leaves out of the step timing instead of counting it as optimizer time.
+    callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), checkpointer,
+                            *console.progress_callbacks(t.progress_bar and is_zero)]
     if proc.world_size > 1:
         from trainer.distributed.agreement import RankAgreementCheck
 
@@ -130,6 +134,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
+        plugins=_cluster_plugins(proc.launcher),
         default_root_dir=str(run_dir),
         deterministic=t.deterministic,
     )
@@ -170,6 +175,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
             "stopped": checkpointer.stopped_early or "completed",
             "last_checkpoint": checkpointer.last_saved_step,
             "checkpoint_save_s": [round(x, 3) for x in checkpointer.save_seconds],
+            "preempted_signal_to_saved_s": round(checkpointer.preempt_saved_at - preemption.signalled_at, 3)
+            if checkpointer.stopped_early == "preempted" and preemption.signalled_at and checkpointer.preempt_saved_at else None,
         }
         update_manifest(run_dir, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
         console.print_summary(summary, run_dir, wandb_sync_hint(run_dir))
@@ -282,11 +289,42 @@ def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str, net)
 
 
 def _observability_callbacks(cfg: DictConfig, run_dir: Path, net) -> list:
-    return []
+    """PerfMonitor (always on unless observability.enabled=false), the torch profiler window
+    (profiler=torch) and the debug straggler delay (debug=straggler)."""
+    from trainer.observability import PerfMonitor, StepWindowProfiler, StragglerDelay
+
+    callbacks: list[Any] = []
+    debug = cfg.get("debug") or {}
+    if debug.get("straggler_rank") is not None:
+        callbacks.append(StragglerDelay(debug.straggler_rank, debug.get("straggler_delay_s", 0.2)))
+    obs = OmegaConf.to_container(cfg.observability, resolve=True)
+    if obs.get("enabled", True):
+        flops = getattr(net, "flops_per_token", None)
+        callbacks.append(PerfMonitor(
+            run_dir=run_dir,
+            flops_per_token=float(flops()) if callable(flops) else None,
+            tokens_per_sample=cfg.data.get("seq_len"),  # language models; None: count samples only
+            log_every_n_steps=cfg.trainer.log_every_steps,
+            **obs,
+        ))
+    if cfg.get("profiler") is not None:
+        callbacks.append(StepWindowProfiler(run_dir, **OmegaConf.to_container(cfg.profiler, resolve=True)))
+    return callbacks
+
+
+def _cluster_plugins(launcher: str | None) -> list:
+    if launcher != "slurm":
+        return []
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    # Our preemption flag saves through the atomic store; the sbatch script requeues on REQUEUE_EXIT.
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def _preemption():
-    return None
+    from trainer.distributed.preemption import PreemptionFlag
+
+    return PreemptionFlag().install()
 
 
 def _corpus_stats(datamodule) -> dict:

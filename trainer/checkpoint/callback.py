@@ -38,6 +38,7 @@ class CheckpointManager(pl.Callback):
         self.stopped_early: str | None = None  # "stop_after_steps" | "preempted"
         self._last_seen_step = -1
         self.save_seconds: list[float] = []
+        self.preempt_saved_at: float | None = None
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -49,6 +50,8 @@ class CheckpointManager(pl.Callback):
         at_stop = self.stop_after_steps is not None and step >= self.stop_after_steps
         if preempt or at_stop or step % self.every_n_steps == 0:
             self.save(trainer, step)
+        if preempt:
+            self.preempt_saved_at = time.time()
         if preempt or at_stop:
             self.stopped_early = "preempted" if preempt else "stop_after_steps"
             trainer.should_stop = True

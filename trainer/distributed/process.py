@@ -1,22 +1,12 @@
-"""What a rank sets up before its process group starts: launch checks and environment defaults."""
+"""Environment defaults a rank sets before its process group starts (the launch preflight checks
+are trainer.distributed.preflight's, called just before)."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger("trainer")
 
-
-def prepare_rank(*, run_dir: Path, cache_dir: str, on_gpu: bool, devices: int, num_nodes: int, num_workers: int) -> None:
-    """Run the launch preflight checks (SLURM layout, master address, /dev/shm; UserError on a
-    problem, within seconds, instead of a hang at rendezvous) and set environment defaults."""
-    try:
-        from trainer.distributed.preflight import preflight_checks  # the launchers' checks
-    except ImportError:  # not merged in this checkout
-        preflight_checks = None
-    if preflight_checks is not None:
-        preflight_checks(devices, num_nodes, num_workers, os.environ)
+def prepare_rank(*, run_dir: Path, cache_dir: str, on_gpu: bool) -> None:
     if on_gpu:
         from trainer.distributed.nccl import set_nccl_defaults
 

@@ -1,0 +1,97 @@
+"""A real one-machine SLURM cluster runs a rendered sbatch script: srun ranks, gloo all_reduce, requeue.
+
+The job's first run exits with the trainer's requeue code (as a preempted trainer does after its
+checkpoint); the rendered script must requeue it with scontrol, and the second run must find the
+same run id and master port and all_reduce again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from omegaconf import OmegaConf
+
+from launch.slurm import render_sbatch
+from tests.conftest import cli
+from tests.launch.conftest import ALLREDUCE_JOB, ROOT, needs_root, spec_for
+
+pytestmark = [pytest.mark.slow, needs_root("slurmctld", "slurmd", "munged", "sbatch")]
+CLUSTER = str(ROOT / "scripts" / "slurm_cluster.sh")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_CLUSTER_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf"),
+           # ports of its own, so a developer's cluster (default ports) can keep running
+           "SLURM_CLUSTER_CTLD_PORT": "26817", "SLURM_CLUSTER_SLURMD_PORT": "26818"}
+    r = subprocess.run([CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=90)
+    if r.returncode != 0:
+        subprocess.run([CLUSTER, "stop"], env=env, capture_output=True, timeout=60)
+        pytest.fail(f"slurm_cluster.sh start failed:\n{r.stdout}\n{r.stderr}")
+    again = subprocess.run([CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "already running" in again.stdout  # idempotent
+    yield env
+    r = subprocess.run([CLUSTER, "stop"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not state.exists()
+
+
+def test_rendered_batch_script_runs_ranks_and_requeues(slurm, tmp_path):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    logs.mkdir()
+    spec = spec_for("slurm", "trainer.devices=2", "strategy=ddp", "launcher.time=00:05:00", f"launcher.log_dir={logs}")
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch(spec, command=[sys.executable, str(ALLREDUCE_JOB), str(out), "--requeue-once"]))
+
+    r = subprocess.run(["sbatch", "--wait", "--parsable", str(script)], env=slurm, capture_output=True, text=True,
+                       timeout=150)
+    log = "\n".join(p.read_text() for p in logs.glob("*.out"))
+    assert r.returncode == 0, f"{r.stderr}\n{log}"
+    job_id = r.stdout.strip().split(";")[0]
+
+    ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    assert [x["sum"] for x in ranks] == [3.0, 3.0]  # 1 + 2 over gloo across the two srun tasks
+    assert [x["world"] for x in ranks] == [2, 2]
+    assert [x["restarts"] for x in ranks] == [1, 1]  # this is the requeued run
+    assert f"job {job_id} (restart 0)" in log and f"job {job_id} (restart 1)" in log
+    assert log.count(f"run id slurm-{job_id}") == 2  # the same run dir key before and after the requeue
+    assert "requeueing job" in log
+
+    show = subprocess.run(["scontrol", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30)
+    assert "Restarts=1" in show.stdout and "JobState=COMPLETED" in show.stdout
+
+
+def wait_for_job(job_id: str, env: dict, timeout_s: float = 240) -> str:
+    """Poll until the job ends; return its final state."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30)
+        state = re.search(r"JobState=(\w+)", show.stdout)
+        if state and state.group(1) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state.group(1)
+        time.sleep(2)
+    subprocess.run(["scancel", job_id], env=env, timeout=30)
+    pytest.fail(f"job {job_id} did not finish in {timeout_s} s")
+
+
+def test_the_cli_submits_a_training_run(slurm, tmp_path, shared_cache):
+    """python -m launch.slurm --submit: the trainer runs in place under srun, in the job-keyed run dir."""
+    runs = tmp_path / "runs"
+    env = {**slurm, "TRAINER_RUNS_DIR": str(runs), "TRAINER_CACHE": str(shared_cache)}
+    r = cli("launch.slurm", "--submit", "trainer.devices=2", "strategy=ddp", "trainer.max_steps=3",
+            "trainer.val_every_steps=3", "checkpoint.every_n_steps=3", "trainer.progress_bar=false",
+            "logger.wandb=false", "launcher.time=00:10:00", env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    job_id = re.search(r"submitted job (\d+)", r.stdout).group(1)
+    state = wait_for_job(job_id, env)
+    log = (runs / "gpt_tiny_cpu" / "slurm" / f"gpt_tiny_cpu-{job_id}.out").read_text()
+    assert state == "COMPLETED", log
+    frozen = OmegaConf.load(runs / "gpt_tiny_cpu" / f"slurm-{job_id}" / "config.yaml")
+    assert frozen.run.id == f"slurm-{job_id}" and frozen.trainer.devices == 2
+    assert "world 2" in log

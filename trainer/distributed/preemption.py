@@ -1,0 +1,54 @@
+"""Preemption is a flag, not a save in a signal handler.
+
+SIGTERM (Kubernetes, torchrun shutting down, SLURM at the time limit) and SIGUSR1 (SLURM's
+warning signal, `--signal=USR1@T`) only record that a stop was asked for. At the next step
+boundary every rank agrees (one tiny all-reduce MAX: if any rank was signalled, all stop), then
+all ranks save a checkpoint together and exit with the requeue code.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+log = logging.getLogger("trainer")
+
+
+class PreemptionFlag:
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signalled_at: float | None = None
+        self.signal_name: str | None = None
+        self._agreed = False
+
+    def install(self) -> "PreemptionFlag":
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signalled_at is None:
+            self.signalled_at = time.time()
+            self.signal_name = signal.Signals(signum).name
+
+    def agreed(self, trainer) -> bool:
+        """True on every rank once any rank has been signalled (checked at step boundaries)."""
+        if self._agreed:
+            return True
+        local = self.signalled_at is not None
+        if trainer.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=trainer.strategy.root_device)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            local = bool(flag.item())
+        if local:
+            self._agreed = True
+            if self.signalled_at is None:
+                self.signalled_at = time.time()
+            log.warning("preemption requested (%s): saving a checkpoint at step %d, then exiting to be requeued",
+                        self.signal_name or "a peer rank's signal", trainer.global_step)
+        return self._agreed
