@@ -40,9 +40,9 @@ step() {  # step NAME SECONDS COMMAND...: a time limit, a log, the exit code and
   printf '%-8s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - t))" >> "$WORK/steps.txt"
 }
 
-OUT="$WORK/kernels" KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-270} step kernels 300 bash scripts/gpu_kernels.sh
+OUT="$WORK/kernels" KERNELS_BUDGET_S=${KERNELS_BUDGET_S:-245} step kernels 270 bash scripts/gpu_kernels.sh
 OUT="$WORK" step obs 60 bash scripts/gpu_obs.sh
-OUT="$WORK/bench" step bench "${BENCH_LIMIT_S:-190}" bash scripts/gpu_bench.sh
+OUT="$WORK" BENCH_BUDGET_S=${BENCH_BUDGET_S:-170} step bench 180 bash scripts/gpu_bench.sh
 
 {
   echo "# GPU check $(date -u +%F)"; echo '```'; grep -E "NVIDIA H|Driver Version|^[0-9]\.[0-9]+|^hydra|^torch" "$WORK/machine.txt" | head -n 6
