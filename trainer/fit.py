@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,8 +21,11 @@ log = logging.getLogger("trainer")
 REQUEUE_EXIT = 124  # SLURM/launcher scripts requeue on this code (preempted, checkpoint saved)
 
 
-def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
-    """Train; returns the process exit code (0 done, REQUEUE_EXIT preempted)."""
+def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequence[Any] = ()) -> int:
+    """Train; returns the process exit code (0 done, REQUEUE_EXIT preempted).
+
+    extra_callbacks run after the framework's own (benchmarks pass their step clocks here).
+    """
     import pytorch_lightning as pl
     import torch
 
@@ -52,6 +55,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     if s.name == "single" and proc.world_size > 1:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
+    from trainer.distributed.process import prepare_rank
+
+    prepare_rank(run_dir=run_dir, cache_dir=cfg.paths.cache_dir, on_gpu=on_gpu)
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
 
@@ -65,7 +72,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
 
     world = t.devices * t.num_nodes
     global_batch = int(cfg.data.get("batch_size", 1)) * t.accumulate_grad_batches * world
-    strategy = _strategy(cfg, run_dir, on_gpu, precision)
+    strategy = _strategy(cfg, run_dir, on_gpu, precision, net)
     ckpt_root = run_dir / "checkpoints"
     preemption = _preemption()
     checkpointer = CheckpointManager(
@@ -91,7 +98,16 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     # leaves out of the step timing instead of counting it as optimizer time.
     callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), checkpointer,
                             _keep_preemption_handlers(preemption),
-                            *console.progress_callbacks(t.progress_bar and is_zero)]
+                            *console.progress_callbacks(t.progress_bar and is_zero, metrics_every=t.log_every_steps)]
+    if proc.world_size > 1:
+        from trainer.distributed.agreement import RankAgreementCheck
+
+        callbacks.append(RankAgreementCheck(OmegaConf.to_container(cfg, resolve=True)))
+    if s.name == "fsdp" and t.gradient_clip_val:
+        from trainer.distributed.fsdp import fsdp_grad_clip_callback
+
+        callbacks.append(fsdp_grad_clip_callback(t.gradient_clip_val))
+    callbacks += list(extra_callbacks)
     loggers = build_loggers(
         run_dir,
         run_name=cfg.run.name,
@@ -113,7 +129,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
         max_steps=t.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val if s.name != "deepspeed" else None,
+        # DeepSpeed clips inside its engine (JSON), FSDP in a callback (Lightning's FSDP plugin cannot).
+        gradient_clip_val=t.gradient_clip_val if s.name in ("single", "ddp") else None,
         val_check_interval=t.val_every_steps * t.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
@@ -130,6 +147,15 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     )
 
     resume = pick_resume_checkpoint(ckpt_root, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
+    resume_state = None
+    if resume:  # another world size or strategy: convert (DeepSpeed universal) or refuse, before any step
+        from trainer.checkpoint.reshard import plan_resume
+
+        plan = plan_resume(resume, strategy=s.name, zero_stage=s.zero_stage if s.name == "deepspeed" else None,
+                           world_size=world, global_batch=global_batch)
+        resume_state = plan.state_path
+        if plan.load_universal:
+            strategy.config.setdefault("checkpoint", {})["load_universal"] = True
     if is_zero:
         console.print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, mode, resume)
         update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None,
@@ -137,7 +163,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str) -> int:
     started = time.time()
     watchdog = _peer_watchdog(s.timeout_s)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)
     except Exception:
         if watchdog is not None:
             watchdog.check_after_failure()  # the cut-off side ends here, naming the lost peer
@@ -243,7 +269,8 @@ def _build_module(cfg: DictConfig, net):
     )
 
 
-def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
+def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str, net):
+    from trainer.distributed.fsdp import repeated_block_types
     from trainer.distributed.strategies import build_strategy, deepspeed_json, save_deepspeed_json
 
     s, t = cfg.strategy, cfg.trainer
@@ -275,6 +302,7 @@ def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
         deepspeed_json=ds,
         fsdp_sharding=s.fsdp_sharding,
         fsdp_state_dict=s.fsdp_state_dict,
+        fsdp_wrap_types=repeated_block_types(net),
     )
 
 

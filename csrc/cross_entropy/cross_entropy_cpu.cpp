@@ -1,5 +1,5 @@
 // Cross-entropy on the CPU: rows in parallel, max-shifted log-sum-exp in float (double for
-// float64), gradient written in the logits' dtype.
+// float64; the sum of exponentials in double), gradient written in the logits' dtype.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -22,9 +22,9 @@ std::pair<at::opmath_type<T>, at::opmath_type<T>> row_max_sum(const T* x, int64_
   using acc_t = at::opmath_type<T>;
   acc_t m = -std::numeric_limits<acc_t>::infinity();
   for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<acc_t>(x[i]));
-  acc_t s = 0;
+  double s = 0;  // a long serial sum: double keeps it as exact as PyTorch's pairwise one
   for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<acc_t>(x[i]) - m);
-  return {m, s};
+  return {m, static_cast<acc_t>(s)};
 }
 
 // out[i] = coef * exp(x_i - m) - scale * [i == target]; coef includes 1/s. out may alias x.

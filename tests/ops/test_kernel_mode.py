@@ -148,3 +148,15 @@ def test_arch_coverage():
     assert build._covers("8.0;9.0", (9, 0))
     assert build._covers("9.0+PTX", (9, 0))
     assert not build._covers("8.0", (9, 0))
+
+
+def test_python_knows_the_cuda_rms_norm_width_limit():
+    """fused.rms_norm sends wider rows to the reference; its limit must be the kernel's."""
+    import re
+
+    from trainer.ops import fused
+
+    src = (build.CSRC / "rms_norm" / "rms_norm_cuda.cu").read_text()
+    threads = int(re.search(r"kBwdThreads = (\d+);", src).group(1))
+    accumulators = int(re.search(r"kMaxAccFloats = (\d+);", src).group(1))
+    assert fused.RMS_NORM_CUDA_MAX_COLS == threads * accumulators

@@ -74,9 +74,11 @@ def sources(with_cuda: bool) -> list[Path]:
     return found
 
 
-def source_hash() -> str:
+def source_hash(with_cuda: bool) -> str:
+    """Hash of the sources a build compiles (a CPU build ignores the .cu/.cuh files)."""
+    suffixes = {".cpp", ".h", ".cu", ".cuh"} if with_cuda else {".cpp", ".h"}
     h = hashlib.sha256()
-    for path in sorted(p for p in CSRC.rglob("*") if p.is_file() and p.suffix in {".cpp", ".cu", ".h", ".cuh"}):
+    for path in sorted(p for p in CSRC.rglob("*") if p.is_file() and p.suffix in suffixes):
         h.update(str(path.relative_to(CSRC)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -85,7 +87,7 @@ def source_hash() -> str:
 def _identity(with_cuda: bool, archs: str) -> dict:
     """Everything a built library depends on; equal identities mean the library can be reused."""
     return {
-        "sources": source_hash(),
+        "sources": source_hash(with_cuda),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda if with_cuda else None,
         "python": sys.implementation.cache_tag,

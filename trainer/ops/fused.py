@@ -173,7 +173,16 @@ def register() -> None:
 # ---- wrappers with the reference signatures ---------------------------------------------
 
 
+# The CUDA backward keeps each block's weight-gradient slice in registers: up to this hidden
+# size (rms_norm_bwd_max_cols in csrc/rms_norm). Wider rows take the reference path.
+RMS_NORM_CUDA_MAX_COLS = 16384
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    if x.is_cuda and x.shape[-1] > RMS_NORM_CUDA_MAX_COLS:
+        from trainer.ops import reference
+
+        return reference.rms_norm(x, weight, eps)
     if weight.dtype not in (x.dtype, torch.float32):
         weight = weight.float()
     y, _rstd = torch.ops.trainer_kernels.rms_norm_fwd(x.contiguous(), weight.contiguous(), eps)

@@ -6,7 +6,6 @@ once and the run carries on with the CSV log. The W&B run id lives in the run di
 """
 from __future__ import annotations
 
-import csv
 import logging
 import netrc
 import os
@@ -64,7 +63,7 @@ def build_loggers(
     loggers: list[Logger] = []
     if csv:
         # version="" keeps metrics.csv directly under <run_dir>/csv/ across restarts.
-        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(_resumable_csv_logger(save_dir=str(run_dir), name="csv", version=""))
     mode = resolve_wandb_mode(wandb_mode)
     if wandb and mode != "disabled":
         wb = _make_wandb(run_dir, run_name=run_name, mode=mode, project=project, entity=entity, tags=tags, config=config)
@@ -73,30 +72,30 @@ def build_loggers(
     return loggers
 
 
-class AppendingCSVLogger(CSVLogger):
-    """CSVLogger that continues <run_dir>/csv/metrics.csv after a restart or requeue.
+def _resumable_csv_logger(**kwargs) -> CSVLogger:
+    """Lightning's CSVLogger deletes metrics.csv when it starts in a non-empty directory; a resumed run
+    appends to it instead, so the file holds the whole run (a step re-run after a crash appears twice:
+    readers take the last row of a step)."""
+    import csv
 
-    Lightning's writer deletes an existing metrics.csv when it starts, so every resumed session
-    wiped the log of the sessions before it. This writer keeps the file and its columns, and
-    appends (rewriting the header only when a new metric appears, as Lightning's does).
-    """
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-    @property
-    @rank_zero_experiment
-    def experiment(self):
-        if self._experiment is None:
-            from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+    class AppendingExperimentWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
-            class AppendingWriter(ExperimentWriter):
-                def _check_log_dir_exists(self) -> None:
-                    path = Path(self.metrics_file_path)
-                    if path.is_file():
-                        with open(path, newline="") as f:
-                            self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+            return self._experiment
 
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    return ResumableCSVLogger(**kwargs)
 
 
 def _make_wandb(run_dir: Path, *, run_name: str, mode: str, project: str, entity: str | None, tags: list[str], config):

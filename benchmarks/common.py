@@ -1,0 +1,354 @@
+"""What the benchmarks share: one step clock for every variant, the three ways to train
+(hand-written loop, plain Lightning, our trainer's real fit path), and the machine's name.
+
+Every benchmark prints ratios against a baseline measured in the same process run: absolute
+times from a shared 2-core CPU or from different machines are not comparable.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(ROOT))
+
+# Dense bf16 tensor-core peaks (TFLOP/s), used only when trainer.observability.peaks is absent.
+_FALLBACK_BF16_PEAK = {"h100": 989.4, "h200": 989.4, "a100": 312.0}
+
+
+# --------------------------------------------------------------------------- the machine
+def machine() -> dict[str, Any]:
+    """CPU model and cores, GPU name, library versions and the date: printed with every table."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    with contextlib.suppress(Exception):
+        import pytorch_lightning as pl
+
+        info["pytorch_lightning"] = pl.__version__
+    with contextlib.suppress(OSError):
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    where = info["gpu"] or f"{info['cpu']} ({info['cpu_cores']} cores)"
+    load = f", load avg {info['load_avg_1m']}" if "load_avg_1m" in info else ""
+    return f"{where}; {info['date']}; python {info['python']}, torch {info['torch']}{load}"
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak of a GPU, from the observability table when it is there."""
+    try:
+        from trainer.observability.peaks import peak_for
+
+        return peak_for(device_name, "bf16").tflops
+    except ImportError:
+        name = device_name.lower()
+        return next((v for k, v in _FALLBACK_BF16_PEAK.items() if k in name), None)
+
+
+# --------------------------------------------------------------------------- the clock
+@dataclass
+class StepClock:
+    """Wall and process-CPU time at the end of every optimizer step.
+
+    Steps 1..warmup are left out (compilation, allocator and cache warm-up). On CUDA the clock
+    synchronises once at the end of the warm-up and once at the last step, so the window mean
+    is exact throughput; the per-step intervals in between are host timestamps, which in the
+    steady state follow the device (the launch queue is full). The same clock, with the same
+    synchronisations, times every variant.
+    """
+
+    warmup: int
+    total: int
+    cuda: bool = False
+    first_step_s: float | None = None  # from start() to the end of step 1 (compilation included)
+    wall: list[float] = field(default_factory=list)  # per-step seconds after warm-up
+    cpu: list[float] = field(default_factory=list)  # per-step process CPU seconds (all threads)
+    window_s: float | None = None  # synchronised wall time of steps warmup+1..total
+    window_tree_cpu_s: float | None = None  # CPU time of this process and its children over the window
+    peak_mem_gib: float | None = None
+    checkpoint_save_s: list[float] = field(default_factory=list)
+    _t_start: float = 0.0
+    _last: tuple[float, float] | None = None
+    _window_t0: float = 0.0
+    _window_cpu0: float = 0.0
+    _seen: int = 0
+
+    def start(self) -> None:
+        self._t_start = time.perf_counter()
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def mark(self, step: int) -> None:
+        """Call once the optimizer step number `step` (1-based) has been issued."""
+        if step <= self._seen:  # accumulation micro-steps report the same global step
+            return
+        self._seen = step
+        if step == self.warmup or step == self.total:
+            self._sync()
+        now = (time.perf_counter(), time.process_time())
+        if step == 1:
+            self.first_step_s = now[0] - self._t_start
+        if step > self.warmup and self._last is not None:
+            self.wall.append(now[0] - self._last[0])
+            self.cpu.append(now[1] - self._last[1])
+        if step == self.warmup:
+            self._window_t0, self._window_cpu0 = now[0], tree_cpu_s()
+        if step == self.total:
+            self.window_s = now[0] - self._window_t0
+            self.window_tree_cpu_s = tree_cpu_s() - self._window_cpu0
+            if self.cuda:
+                import torch
+
+                self.peak_mem_gib = torch.cuda.max_memory_allocated() / 2**30
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    @property
+    def timed_steps(self) -> int:
+        return self.total - self.warmup
+
+    def summary(self) -> dict[str, Any]:
+        if not self.wall:
+            raise RuntimeError(f"no timed steps: ran {self._seen} of {self.total} (warm-up {self.warmup})")
+        return {
+            "median_step_s": statistics.median(self.wall),
+            "median_cpu_step_s": statistics.median(self.cpu),
+            "mean_step_s": (self.window_s or sum(self.wall)) / self.timed_steps,
+            "mean_tree_cpu_step_s": (self.window_tree_cpu_s or 0.0) / self.timed_steps,
+            "first_step_s": self.first_step_s,
+            "timed_steps": self.timed_steps,
+            "peak_mem_gib": self.peak_mem_gib,
+            "checkpoint_save_s": list(self.checkpoint_save_s),
+            "step_s": list(self.wall),
+            "cpu_step_s": list(self.cpu),
+        }
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and all its live children: loader workers and
+    W&B's service process do work for the run that the process's own CPU time leaves out."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def clock_callback(clock: StepClock):
+    """The Lightning callback that drives a StepClock (appended after every other callback, so a
+    step's timestamp includes all the framework's per-step hooks)."""
+    import pytorch_lightning as pl
+
+    class ClockCallback(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            clock.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            clock.mark(trainer.global_step)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            # Runs after the checkpoint callback's on_train_end (the final save).
+            for cb in trainer.callbacks:
+                clock.checkpoint_save_s.extend(getattr(cb, "save_seconds", []) or [])
+
+    return ClockCallback()
+
+
+# --------------------------------------------------------------------------- configs and builds
+def compose(overrides: Sequence[str]):
+    """The validated run config, exactly as `python -m trainer.train <overrides>` composes it."""
+    from trainer.config import compose_config
+
+    return compose_config(list(overrides))
+
+
+def build_data(cfg):
+    """The configured data module, shards built (or found in the cache) and opened."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_net_and_module(cfg, datamodule):
+    """The same net (seeded as run_fit seeds it) and LightningModule our trainer builds."""
+    import pytorch_lightning as pl
+
+    from trainer import fit
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    net, _ = fit._build_model(cfg.model, datamodule)
+    return net, fit._build_module(cfg, net)
+
+
+def run_ours(overrides: Sequence[str], callbacks: Sequence[Any]) -> int:
+    """`python -m trainer.train <overrides>` in this process (one process, no launcher), with
+    extra callbacks: compose, validate, run dir, frozen config, manifest, then fit.run_fit."""
+    from omegaconf import OmegaConf, open_dict
+
+    from trainer.fit import run_fit
+    from trainer.tracking.manifest import build_manifest, write_json
+    from trainer.tracking.run_dir import freeze_config, resolve_run_dir
+
+    cfg = compose(overrides)
+    run_dir, run_id = resolve_run_dir(cfg.run.name, cfg.run.id, cfg.run.dir, cfg.paths.runs_dir)
+    with open_dict(cfg):
+        cfg.run.id, cfg.run.dir = run_id, str(run_dir)
+    freeze_config(cfg, run_dir)
+    write_json(run_dir / "manifest.json", build_manifest(
+        run_id=run_id, run_dir=run_dir, seed=cfg.seed, argv=["benchmarks", *overrides], extra={"launcher": "benchmark"}))
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return run_fit(resolved, run_dir, run_id, extra_callbacks=list(callbacks))
+
+
+def plain_lightning_trainer(*, device: str, precision: str, max_steps: int, gradient_clip_val: float, callbacks: list):
+    """A plain pl.Trainer: nothing of ours, no logger, checkpointing, progress bar or validation."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        max_steps=max_steps,
+        gradient_clip_val=gradient_clip_val,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+    )
+
+
+# --------------------------------------------------------------------------- the hand-written loop
+def handwritten_train(
+    net,
+    *,
+    train_tokens,
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    device: str,
+    bf16: bool,
+    lr: float,
+    lr_factor,
+    weight_decay: float,
+    betas: Sequence[float],
+    eps: float,
+    grad_clip: float,
+    clock: StepClock,
+    compile: bool = False,
+    log_every: int = 10,
+    seed: int = 1337,
+) -> float:
+    """nanoGPT's train.py loop, reduced to one process: random windows from the memory-mapped
+    token file (pinned, copied asynchronously, the next batch prepared while the device works),
+    autocast bf16 on CUDA, AdamW (fused on CUDA) with decay on matrices only, global-norm
+    clipping, the loss read back every `log_every` steps. Returns the last logged loss."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    cuda = device == "cuda"
+
+    def get_batch():
+        ix = rng.integers(0, len(train_tokens) - seq_len - 1, size=batch_size)
+        w = torch.from_numpy(np.stack([train_tokens[i : i + seq_len + 1] for i in ix]).astype(np.int64))
+        x, y = w[:, :-1], w[:, 1:]
+        if cuda:
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x, y
+
+    model = net.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=cuda or None)
+    if compile:
+        model = torch.compile(model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and bf16) else contextlib.nullcontext()
+    model.train()
+    lossf = float("nan")
+    clock.start()
+    x, y = get_batch()
+    for it in range(steps):
+        for g in optimizer.param_groups:
+            g["lr"] = lr * lr_factor(it)
+        with autocast:
+            loss = model(x, y)
+        x, y = get_batch()  # prefetch while the device runs the forward
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if it % log_every == 0:
+            lossf = loss.item()
+        clock.mark(it + 1)
+    return lossf
+
+
+# --------------------------------------------------------------------------- output
+def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
+    if not path:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def quiet() -> None:
+    """Keep benchmark output to the tables: Lightning's and W&B's advice is for interactive runs."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "torch._dynamo", "torch._inductor"):
+        logging.getLogger(name).setLevel(logging.ERROR)

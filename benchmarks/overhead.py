@@ -1,0 +1,226 @@
+"""Framework overhead: the same model, data, optimizer and precision for the same steps, three ways.
+
+    python benchmarks/overhead.py [--quick] [--rounds 4] [--steps 30] [--device cpu|cuda]
+                                  [--model default|nano] [--threads 1] [--json out.json] [--plot out.png]
+
+  hand-written  nanoGPT's loop: memmap batches, AdamW, clipping, loss read every 10 steps
+  lightning     a plain pl.Trainer (no logger, checkpointing, progress bar or validation) on
+                the same LightningModule and data module
+  ours          our trainer's real fit path (trainer.fit.run_fit) with the experiment's
+                defaults: progress bar, CSV + W&B loggers, checkpoint manager, preemption
+                flag, observability callbacks, LR schedule
+
+in one process, interleaved (the order rotates every round) and repeated, so that the load
+of a shared machine hits all three alike. Each variant's step time is the median over the
+post-warm-up steps of all rounds (a neighbour's burst lands on a few steps; the median
+ignores them). The CPU time per step (process time, all threads) is printed beside it: it
+barely moves with other processes' load. The default model is the default experiment's
+(GPT 0.9M, seq 256, batch 8); `--model nano` (1 layer, d 32, seq 32, batch 4) makes the
+step so small that the difference ours - hand-written is the framework's per-step host cost.
+
+No checkpoint falls inside the timed steps (the default cadence is every 100 steps); the
+final save of each `ours` round is timed separately and reported amortised over the cadence.
+The last line is `ratio_vs_handwritten=<x>`, ours / hand-written of the median step time: wall
+time on a GPU; on a CPU the process's CPU time per step (`--metric wall` to use wall time there
+too), since a shared CPU's wall time mostly measures the neighbours.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    StepClock,
+    build_data,
+    build_net_and_module,
+    clock_callback,
+    compose,
+    describe,
+    handwritten_train,
+    machine,
+    markdown_table,
+    plain_lightning_trainer,
+    quiet,
+    run_ours,
+    write_json,
+)
+
+VARIANTS = ("hand-written", "lightning", "ours")
+NANO = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_len=32", "data.batch_size=4"]
+
+
+def run_variant(name: str, cfg, overrides: list[str], dm, device: str, warmup: int, total: int, workdir: Path, r: int) -> dict:
+    cuda = device == "cuda"
+    clock = StepClock(warmup=warmup, total=total, cuda=cuda)
+    if name == "ours":
+        code = run_ours([*overrides, f"run.dir={workdir}/ours-{r}"], [clock_callback(clock)])
+        if code:
+            raise RuntimeError(f"our trainer exited with code {code}")
+        return clock.summary()
+    net, module = build_net_and_module(cfg, dm)
+    if name == "hand-written":
+        o = cfg.optim
+        handwritten_train(
+            net, train_tokens=dm.windows("train").tokens(), batch_size=cfg.data.batch_size, seq_len=cfg.model.seq_len,
+            steps=total, device=device, bf16=cuda, lr=o.lr, lr_factor=module.lr_factor, weight_decay=o.weight_decay,
+            betas=o.betas, eps=o.eps, grad_clip=cfg.trainer.gradient_clip_val, clock=clock, log_every=cfg.trainer.log_every_steps,
+        )
+    else:
+        trainer = plain_lightning_trainer(device=device, precision="bf16-mixed" if cuda else "32-true", max_steps=total,
+                                          gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[clock_callback(clock)])
+        trainer.fit(module, datamodule=dm)
+    return clock.summary()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 3 + 12 steps (under 2 minutes on 2 busy cores)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per variant per round")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    ap.add_argument("--model", choices=("default", "nano"), default="default")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU, the same for all variants")
+    ap.add_argument("--metric", choices=("wall", "cpu"), default=None,
+                    help="the headline step time: cpu (process CPU time; default on CPU) or wall (default on CUDA)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--table", default=None, help="also write the table (markdown) here")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides, applied to all three variants")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.steps, args.warmup = 2, 12, 3
+    quiet()
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    total = args.warmup + args.steps
+    overrides = [*(NANO if args.model == "nano" else []), f"trainer.max_steps={total}", *args.overrides]
+    if device == "cuda":
+        overrides.append("trainer.accelerator=gpu")
+    else:
+        overrides.append(f"trainer.num_threads={args.threads}")
+        torch.set_num_threads(args.threads)
+    cfg = compose(overrides)
+    dm = build_data(cfg)
+    info = machine()
+
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        for r in range(args.rounds):
+            order = VARIANTS[r % 3:] + VARIANTS[: r % 3]  # rotate: no variant always runs first
+            for name in order:
+                res = run_variant(name, cfg, overrides, dm, device, args.warmup, total, Path(tmp), r)
+                results[name].append(res)
+                print(f"round {r} {name:>12}: {1e3 * res['median_step_s']:8.3f} ms/step wall, "
+                      f"{1e3 * res['median_cpu_step_s']:8.3f} ms/step CPU", flush=True)
+
+    pooled = {v: _pooled(rs) for v, rs in results.items()}
+    hw, pl_, ours = (pooled[v] for v in VARIANTS)
+    metric = args.metric or ("cpu" if device == "cpu" else "wall")
+    key = "median_cpu_step_s" if metric == "cpu" else "median_step_s"
+    every = cfg.checkpoint.every_n_steps
+    saves = [s for r in results["ours"] for s in r["checkpoint_save_s"]]
+    save_s = statistics.median(saves) if saves else 0.0
+    summary = {
+        "machine": info,
+        "device": device,
+        "model": args.model,
+        "shape": {k: cfg.model[k] for k in ("d_model", "n_layers", "n_heads", "seq_len")} | {"batch_size": cfg.data.batch_size},
+        "threads": args.threads if device == "cpu" else None,
+        "rounds": args.rounds, "timed_steps": args.steps, "warmup_steps": args.warmup,
+        "variants": pooled,
+        "per_round": results,
+        "metric": metric,
+        "ratio_ours_vs_handwritten": ours[key] / hw[key],
+        "ratio_lightning_vs_handwritten": pl_[key] / hw[key],
+        "ratio_ours_vs_lightning": ours[key] / pl_[key],
+        "wall_ratio_ours_vs_handwritten": ours["median_step_s"] / hw["median_step_s"],
+        # Each round's ours / hand-written, then the median: slow drift in the machine's load cancels.
+        "paired_ratio_ours_vs_handwritten": statistics.median(
+            o[key] / h[key] for o, h in zip(results["ours"], results["hand-written"])),
+        "paired_ratio_lightning_vs_handwritten": statistics.median(
+            p[key] / h[key] for p, h in zip(results["lightning"], results["hand-written"])),
+        "round_spread_handwritten": _spread([r[key] for r in results["hand-written"]]),
+        "cpu_ratio_ours_vs_handwritten": ours["median_cpu_step_s"] / hw["median_cpu_step_s"],
+        "tree_cpu_ratio_ours_vs_handwritten": ours["mean_tree_cpu_step_s"] / hw["mean_tree_cpu_step_s"],
+        "host_overhead_us_per_step": 1e6 * (ours[key] - hw[key]),
+        "checkpoint_save_s": save_s,
+        "checkpoint_every_n_steps": every,
+        "ratio_ours_with_checkpoint_amortised": (ours[key] + save_s / every) / hw[key],
+    }
+    rows = [[v, f"{1e3 * p['median_step_s']:.3f}", f"{1e3 * p['median_cpu_step_s']:.3f}", f"{1e3 * p['mean_step_s']:.3f}",
+             f"{1e3 * p['mean_tree_cpu_step_s']:.3f}", f"{p['median_step_s'] / hw['median_step_s']:.3f}",
+             f"{p['median_cpu_step_s'] / hw['median_cpu_step_s']:.3f}",
+             f"{p['mean_tree_cpu_step_s'] / hw['mean_tree_cpu_step_s']:.3f}"]
+            for v, p in pooled.items()]
+    table = markdown_table(["variant", "median step (ms)", "median CPU/step (ms)", "mean step (ms)",
+                            "mean CPU/step incl. child processes (ms)", "wall ratio", "CPU ratio",
+                            "CPU incl. children ratio"], rows)
+    print(f"\n{describe(info)}\ndevice {device}, model {args.model} {summary['shape']}, "
+          f"{args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up) per variant"
+          + (f", {args.threads} torch thread(s)" if device == "cpu" else ""))
+    print(table)
+    print(f"headline metric: {metric} time per step; ours - hand-written: "
+          f"{summary['host_overhead_us_per_step']:.0f} us/step")
+    print(f"checkpoint save (ours, final save of each round): {1e3 * save_s:.1f} ms; amortised over every "
+          f"{every} steps: ours / hand-written = {summary['ratio_ours_with_checkpoint_amortised']:.3f}")
+    print(f"per-round paired ratios (median): ours / hand-written {summary['paired_ratio_ours_vs_handwritten']:.3f}, "
+          f"lightning / hand-written {summary['paired_ratio_lightning_vs_handwritten']:.3f}; hand-written's round "
+          f"medians spread {100 * summary['round_spread_handwritten']:.1f}% (max/min - 1): the noise floor of this run")
+    print(f"ratio_lightning_vs_handwritten={summary['ratio_lightning_vs_handwritten']:.3f}")
+    write_json(args.json, summary)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(f"overhead, {describe(info)}, device {device}, model {args.model}\n\n{table}\n\n"
+                                    f"ours - hand-written ({metric} time): {summary['host_overhead_us_per_step']:.0f} us/step\n")
+    if args.plot:
+        _plot(results, summary, args.plot)
+    print(f"ratio_vs_handwritten={summary['ratio_ours_vs_handwritten']:.3f}")
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values) - 1 if values and min(values) > 0 else float("nan")
+
+
+def _pooled(rounds: list[dict]) -> dict:
+    """Medians over the post-warm-up steps of all rounds; mean over all timed steps."""
+    return {
+        "median_step_s": statistics.median(s for r in rounds for s in r["step_s"]),
+        "median_cpu_step_s": statistics.median(s for r in rounds for s in r["cpu_step_s"]),
+        "mean_step_s": statistics.mean(r["mean_step_s"] for r in rounds),
+        "mean_tree_cpu_step_s": statistics.mean(r["mean_tree_cpu_step_s"] for r in rounds),
+        "round_medians_s": [r["median_step_s"] for r in rounds],
+    }
+
+
+def _plot(results: dict, summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, (name, rounds) in enumerate(results.items()):
+        key = "median_cpu_step_s" if summary["metric"] == "cpu" else "median_step_s"
+        ms = [1e3 * r[key] for r in rounds]
+        ax.bar(i, 1e3 * summary["variants"][name][key], color=("#999", "#6a8fd0", "#d0762a")[i], alpha=0.8)
+        ax.scatter([i] * len(ms), ms, color="k", s=12, zorder=3, label="round medians" if i == 0 else None)
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set_ylabel(f"median {summary['metric']} time per step (ms)")
+    m = summary["machine"]
+    ax.set_title(f"ours / hand-written = {summary['ratio_ours_vs_handwritten']:.3f}  ({summary['device']}, "
+                 f"{summary['model']} model)\n{m['gpu'] or m['cpu']}, {m['date']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end on this machine (their figures are not asserted: timing
+claims live in docs/benchmarks.md, measured by the scripts, never in tests)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args, tmp_path, shared_cache, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "TRAINER_CACHE": str(shared_cache),
+           "TRAINER_RUNS_DIR": str(tmp_path / "runs")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_overhead_quick_compares_the_three_variants(tmp_path, shared_cache):
+    out = tmp_path / "overhead.json"
+    proc = _run(["benchmarks/overhead.py", "--quick", "--model", "nano", "--rounds", "1", "--json", str(out)],
+                tmp_path, shared_cache)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("ratio_vs_handwritten=")
+    data = json.loads(out.read_text())
+    assert set(data["variants"]) == {"hand-written", "lightning", "ours"}
+    for variant in data["per_round"].values():
+        assert len(variant[0]["step_s"]) == data["timed_steps"]
+    # ours went through run_fit: its final checkpoint save was timed
+    assert data["checkpoint_save_s"] > 0
+
+
+def test_mfu_smoke_runs_baseline_and_ours_through_the_real_fit(tmp_path, shared_cache):
+    out = tmp_path / "mfu"
+    proc = _run(["benchmarks/mfu.py", "--device", "cpu", "--smoke", "--variants", "handwritten,ours", "--steps", "2",
+                 "--warmup", "1", "--out", str(out)], tmp_path, shared_cache)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    data = json.loads((out / "mfu.json").read_text())
+    assert data["variants"]["handwritten"]["status"] == "ok", data["variants"]["handwritten"]
+    assert data["variants"]["ours"]["status"] == "ok", data["variants"]["ours"]
+    assert data["variants"]["ours"]["kernels"]["mode"] == "reference"
+    assert data["ratios_vs_handwritten"]["ours"] > 0
+    assert "hand-written + torch.compile" in (out / "mfu_table.md").read_text()
