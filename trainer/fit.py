@@ -102,7 +102,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     if proc.world_size > 1:
         from trainer.distributed.agreement import RankAgreementCheck
 
-        callbacks.append(RankAgreementCheck(OmegaConf.to_container(cfg, resolve=True)))
+        # launcher.local_addr / rdzv_is_host differ per node by design (multi-node torchrun): not compared
+        shared = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "launcher"}
+        callbacks.append(RankAgreementCheck(shared))
     if s.name == "fsdp" and t.gradient_clip_val:
         from trainer.distributed.fsdp import fsdp_grad_clip_callback
 

@@ -29,9 +29,13 @@ def test_impossible_worlds_are_user_errors(world, min_nodes, match):
         elastic_layout(devices=2, num_nodes=2, accumulate=1, world_size=world, min_nodes=min_nodes)
 
 
-def test_a_global_batch_that_cannot_be_kept_is_refused():
-    with pytest.raises(UserError, match="cannot be kept"):
-        elastic_layout(devices=1, num_nodes=3, accumulate=1, world_size=2, min_nodes=1)
+def test_bounds_that_cannot_keep_the_global_batch_are_refused_at_the_first_start():
+    # 2 of 3 nodes would need accumulation 3/2: refused even while all 3 nodes are there
+    with pytest.raises(UserError, match="with 2 of trainer.num_nodes=3 nodes the global batch cannot be kept"):
+        elastic_layout(devices=1, num_nodes=3, accumulate=1, world_size=3, min_nodes=1)
+    assert elastic_layout(devices=1, num_nodes=3, accumulate=2, world_size=2, min_nodes=2) == (2, 3)
+    with pytest.raises(UserError, match="between 1 and"):
+        elastic_layout(devices=1, num_nodes=2, accumulate=1, world_size=2, min_nodes=3)
 
 
 def test_watchdog_only_on_nodes_without_rank_0_of_a_multi_node_torchrun():
