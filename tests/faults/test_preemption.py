@@ -23,7 +23,7 @@ REQUEUE_EXIT = 124
 MAX_STEPS = 24
 
 
-def test_preempted_twice_then_finishes_in_the_same_run_and_wandb_run(tmp_path, shared_cache):
+def test_preempted_three_times_then_finishes_in_the_same_run_and_wandb_run(tmp_path, shared_cache):
     run = tmp_path / "run"
     argv = procs.python_m("trainer.train", *procs.TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}",
                           "trainer.devices=2", "strategy=ddp", f"trainer.max_steps={MAX_STEPS}",
