@@ -28,8 +28,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint_and_resumes_from_it(tmp_
     ckpts = run / "checkpoints"
     with procs.jobs() as started:
         reference = procs.Job(train_argv(straight, shared_cache), tmp_path / "straight.log", timeout_s=240)
-        started.append(reference)
-        assert reference.wait() == 0, reference.tail()
+        started.append(reference)  # runs alongside; compared at the end
 
         # Every save pauses 3 s after writing its state and before its manifest and rename.
         job = procs.Job(train_argv(run, shared_cache, "checkpoint.debug_pause_in_save_s=3"), tmp_path / "crash.log",
@@ -48,6 +47,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint_and_resumes_from_it(tmp_
         resumed = procs.Job(train_argv(run, shared_cache), tmp_path / "resume.log", timeout_s=240)
         started.append(resumed)
         assert resumed.wait() == 0, resumed.tail()
+        assert reference.wait() == 0, reference.tail()
     out = resumed.output()
     assert f"ignoring partial checkpoint {partial}" in out  # skipped, and named
     assert "resuming from step 4" in out
