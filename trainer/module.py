@@ -99,8 +99,18 @@ class TrainModule(pl.LightningModule):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(groups, lr=self.lr, betas=self.betas, eps=self.eps, adamw_mode=True)
-        fused = torch.cuda.is_available() and self.device.type == "cuda"
+        # The fused CUDA AdamW is the fastest; it unscales fp16 gradients inside step(), so with a
+        # 16-mixed GradScaler clipping would see scaled gradients: use it for fp32/bf16 only.
+        precision = str(getattr(self.trainer, "precision", "")) if self._trainer is not None else ""
+        fused = self.device.type == "cuda" and not precision.startswith("16")
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused or None)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm. Done here rather than through Lightning's precision plugin, which
+        refuses optimizers that unscale internally (the fused AdamW) even in bf16, where nothing is
+        scaled; with a 16-mixed scaler the optimizer is not fused and Lightning has unscaled already."""
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def lr_factor(self, step: int) -> float:
         """Linear warmup to 1, then cosine to min_lr_ratio at max_steps (or constant)."""
