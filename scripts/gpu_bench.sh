@@ -5,7 +5,8 @@
 #   2. framework overhead on the GPU (default tiny model: the step is host-bound, so ours - hand-written
 #      is the host time our trainer adds per step)
 #   3. the ~1.1B config with DeepSpeed ZeRO-2 on one GPU: tokens/s, MFU, peak memory
-#   4. benchmarks/observability_overhead.py, if present and time is left
+#   4. the data loader's tokens/s at GPT-2 shapes on this host, if time is left
+#   5. benchmarks/observability_overhead.py, if present and time is left
 # Each step gets what is left of BENCH_BUDGET_S (default 225 s); a step that cannot fit is reported as
 # skipped. Writes JSON, logs and *_table.md files to $OUT/bench (default ./gpu_out/bench).
 #   OUT=/tmp/gpu BENCH_BUDGET_S=225 bash scripts/gpu_bench.sh
@@ -37,7 +38,14 @@ fi
 "$py" benchmarks/mfu.py --variants zero2_1b --append --budget-s $(( $(left) - 5 )) --out "$out" \
   2>&1 | tee -a "$out/mfu.log" | grep -E "^zero2" || true
 
-# 4. the observability helper's own overhead benchmark, if there is time
+# 4. the loader at GPT-2 shapes on this host (pinned memory, 0 and 4 workers), if there is time
+if [ "$(left)" -ge 25 ]; then
+  timeout --kill-after=5 20 "$py" benchmarks/data.py --loader-only --workers 0,4 --batches 200 \
+    --json "$out/data_gpu.json" > "$out/data_gpu.log" 2>&1
+  echo "data rc=$?"; grep -E "^\| (16|64) x" "$out/data_gpu.log" || true
+fi
+
+# 5. the observability helper's own overhead benchmark, if there is time
 if [ -f benchmarks/observability_overhead.py ] && [ "$(left)" -ge 30 ]; then
   timeout --kill-after=5 $(( $(left) - 5 )) "$py" benchmarks/observability_overhead.py --device cuda --rounds 2 \
     > "$out/observability_overhead.log" 2>&1
