@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launch.config import LauncherConfig
 from trainer.errors import UserError, closest
+from trainer.observability.config import ObservabilityConfig, check_observability_config
 
 CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 
@@ -130,7 +131,7 @@ class TrainConfig:
     module: Any = None  # optional {_target_: a LightningModule} replacing the built-in one
     debug: Any = None  # optional debug knobs (see configs/debug/)
     profiler: Any = None
-    observability: Any = None
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     launcher: Optional[LauncherConfig] = None  # set by `+launcher=torchrun|slurm|k8s` (launch/)
 
 
@@ -288,6 +289,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("module") is not None:
         check_target_kwargs("module", cfg.module, skip=("net", "model"))
     _validate_model_shapes(cfg.model)
+    check_observability_config(cfg.observability)
+    _validate_debug(cfg.get("debug"), t.devices * t.num_nodes)
+    _validate_profiler(cfg.get("profiler"))
     _validate_data(cfg.data)
 
 
@@ -303,6 +307,33 @@ def _validate_data(data: DictConfig) -> None:
     vf = data.get("val_fraction")
     if isinstance(vf, (int, float)) and not 0.0 < vf < 1.0:
         raise UserError(f"data.val_fraction must be between 0 and 1 (exclusive), got {vf}")
+
+
+PROFILER_KEYS = ("start_step", "num_steps", "record_shapes", "profile_memory", "with_stack", "row_limit")
+
+
+def _validate_debug(debug: Any, world: int) -> None:
+    # Other debug knobs may live in this section too: only the straggler's are checked here.
+    if debug is None:
+        return
+    delay = debug.get("straggler_delay_s")
+    if delay is not None and delay < 0:
+        raise UserError(f"debug.straggler_delay_s must be 0 or more seconds, got {delay}")
+    rank = debug.get("straggler_rank")
+    if rank is not None and not 0 <= int(rank) < world:
+        raise UserError(f"debug.straggler_rank={rank} is not a rank of this run (0..{world - 1}); "
+                        "set trainer.devices>=2 (strategy=ddp) or pick another rank")
+
+
+def _validate_profiler(profiler: Any) -> None:
+    if profiler is None:
+        return
+    for key in profiler.keys():
+        if key not in PROFILER_KEYS:
+            raise UserError(f"unknown config key 'profiler.{key}'.{closest(str(key), PROFILER_KEYS)} Valid keys: {', '.join(PROFILER_KEYS)}.")
+    for key in ("start_step", "num_steps"):
+        if key in profiler:
+            _positive(f"profiler.{key}", profiler[key])
 
 
 def _validate_model_shapes(model: DictConfig) -> None:

@@ -54,8 +54,12 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     if s.name == "single" and proc.world_size > 1:
         raise UserError(f"launched with {proc.world_size} processes but strategy=single; use strategy=ddp (or fsdp, deepspeed_*)")
 
+    from trainer.distributed.process import prepare_rank
+
+    prepare_rank(run_dir=run_dir, cache_dir=cfg.paths.cache_dir, on_gpu=on_gpu)
+
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    mode = ops.set_kernel_mode(cfg.kernels)
+    mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
 
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
@@ -67,7 +71,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
 
     world = t.devices * t.num_nodes
     global_batch = int(cfg.data.get("batch_size", 1)) * t.accumulate_grad_batches * world
-    strategy = _strategy(cfg, run_dir, on_gpu, precision)
+    strategy = _strategy(cfg, run_dir, on_gpu, precision, net)
     ckpt_root = run_dir / "checkpoints"
     preemption = _preemption()
     checkpointer = CheckpointManager(
@@ -88,8 +92,18 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
         },
         stop_requested=preemption.agreed,
     )
-    callbacks: list[Any] = [checkpointer, *console.progress_callbacks(t.progress_bar and is_zero, metrics_every=t.log_every_steps)]
-    callbacks += _observability_callbacks(cfg, run_dir, net)
+    # Observability first: its batch-end mark then lands before a checkpoint save, which it
+    # leaves out of the step timing instead of counting it as optimizer time.
+    callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), checkpointer,
+                            *console.progress_callbacks(t.progress_bar and is_zero, metrics_every=t.log_every_steps)]
+    if proc.world_size > 1:
+        from trainer.distributed.agreement import RankAgreementCheck
+
+        callbacks.append(RankAgreementCheck(OmegaConf.to_container(cfg, resolve=True)))
+    if s.name == "fsdp" and t.gradient_clip_val:
+        from trainer.distributed.fsdp import fsdp_grad_clip_callback
+
+        callbacks.append(fsdp_grad_clip_callback(t.gradient_clip_val))
     callbacks += list(extra_callbacks)
     loggers = build_loggers(
         run_dir,
@@ -112,7 +126,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
         max_steps=t.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val if s.name != "deepspeed" else None,
+        # DeepSpeed clips inside its engine (JSON), FSDP in a callback (Lightning's FSDP plugin cannot).
+        gradient_clip_val=t.gradient_clip_val if s.name in ("single", "ddp") else None,
         val_check_interval=t.val_every_steps * t.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
@@ -129,12 +144,21 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     )
 
     resume = pick_resume_checkpoint(ckpt_root, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
+    resume_state = None
+    if resume:  # another world size or strategy: convert (DeepSpeed universal) or refuse, before any step
+        from trainer.checkpoint.reshard import plan_resume
+
+        plan = plan_resume(resume, strategy=s.name, zero_stage=s.zero_stage if s.name == "deepspeed" else None,
+                           world_size=world, global_batch=global_batch)
+        resume_state = plan.state_path
+        if plan.load_universal:
+            strategy.config.setdefault("checkpoint", {})["load_universal"] = True
     if is_zero:
         console.print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, mode, resume)
         update_manifest(run_dir, kernels=ops_status(mode), resumed_from=str(resume.path) if resume else None,
                         data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.state_path) if resume else None, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
@@ -231,7 +255,8 @@ def _build_module(cfg: DictConfig, net):
     )
 
 
-def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
+def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str, net):
+    from trainer.distributed.fsdp import repeated_block_types
     from trainer.distributed.strategies import build_strategy, deepspeed_json, save_deepspeed_json
 
     s, t = cfg.strategy, cfg.trainer
@@ -263,11 +288,32 @@ def _strategy(cfg: DictConfig, run_dir: Path, on_gpu: bool, precision: str):
         deepspeed_json=ds,
         fsdp_sharding=s.fsdp_sharding,
         fsdp_state_dict=s.fsdp_state_dict,
+        fsdp_wrap_types=repeated_block_types(net),
     )
 
 
 def _observability_callbacks(cfg: DictConfig, run_dir: Path, net) -> list:
-    return []
+    """PerfMonitor (always on unless observability.enabled=false), the torch profiler window
+    (profiler=torch) and the debug straggler delay (debug=straggler)."""
+    from trainer.observability import PerfMonitor, StepWindowProfiler, StragglerDelay
+
+    callbacks: list[Any] = []
+    debug = cfg.get("debug") or {}
+    if debug.get("straggler_rank") is not None:
+        callbacks.append(StragglerDelay(debug.straggler_rank, debug.get("straggler_delay_s", 0.2)))
+    obs = OmegaConf.to_container(cfg.observability, resolve=True)
+    if obs.get("enabled", True):
+        flops = getattr(net, "flops_per_token", None)
+        callbacks.append(PerfMonitor(
+            run_dir=run_dir,
+            flops_per_token=float(flops()) if callable(flops) else None,
+            tokens_per_sample=cfg.data.get("seq_len"),  # language models; None: count samples only
+            log_every_n_steps=cfg.trainer.log_every_steps,
+            **obs,
+        ))
+    if cfg.get("profiler") is not None:
+        callbacks.append(StepWindowProfiler(run_dir, **OmegaConf.to_container(cfg.profiler, resolve=True)))
+    return callbacks
 
 
 def _cluster_plugins(launcher: str | None) -> list:

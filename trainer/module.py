@@ -36,6 +36,9 @@ class TrainModule(pl.LightningModule):
         self.max_steps = max_steps
         self.compile = compile
         self._compiled: nn.Module | None = None
+        # Weight decay on matrices (linear and embedding weights) only; not on norms or biases. Decided
+        # here, on the plain net: under FSDP the parameters seen by configure_optimizers are flat shards.
+        self._decay_names = {n for n, p in net.named_parameters() if p.dim() >= 2}
 
     def configure_model(self) -> None:
         # torch.compile is applied from outside the model, after the strategy has wrapped/moved it.
@@ -49,8 +52,19 @@ class TrainModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
         loss = self(inputs, targets)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        self.log("train/loss", self._step_mean_loss(loss), prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         return loss
+
+    def _step_mean_loss(self, loss):
+        """The mean loss of this optimizer step so far, over its micro-batches; sync_dist then
+        averages the ranks. So train/loss is the global batch's loss whatever the world size and
+        accumulation (1 process accumulating 2 logs what 2 processes log)."""
+        step = self.trainer.global_step if self._trainer is not None else 0
+        if getattr(self, "_loss_step", None) != step:
+            self._loss_step, self._loss_sum, self._loss_count = step, 0.0, 0
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_count += 1
+        return self._loss_sum / self._loss_count
 
     def validation_step(self, batch, batch_idx):
         inputs, targets = batch
@@ -64,11 +78,10 @@ class TrainModule(pl.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for _, p in self.net.named_parameters():
+        for name, p in self.net.named_parameters():
             if not p.requires_grad:
                 continue
-            # Weight decay on matrices (linear and embedding weights) only; not on norms or biases.
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if _unwrapped_name(name) in self._decay_names else no_decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -86,8 +99,18 @@ class TrainModule(pl.LightningModule):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(groups, lr=self.lr, betas=self.betas, eps=self.eps, adamw_mode=True)
-        fused = torch.cuda.is_available() and self.device.type == "cuda"
+        # The fused CUDA AdamW is the fastest; it unscales fp16 gradients inside step(), so with a
+        # 16-mixed GradScaler clipping would see scaled gradients: use it for fp32/bf16 only.
+        precision = str(getattr(self.trainer, "precision", "")) if self._trainer is not None else ""
+        fused = self.device.type == "cuda" and not precision.startswith("16")
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused or None)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by global norm. Done here rather than through Lightning's precision plugin, which
+        refuses optimizers that unscale internally (the fused AdamW) even in bf16, where nothing is
+        scaled; with a 16-mixed scaler the optimizer is not fused and Lightning has unscaled already."""
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def lr_factor(self, step: int) -> float:
         """Linear warmup to 1, then cosine to min_lr_ratio at max_steps (or constant)."""
@@ -97,3 +120,10 @@ class TrainModule(pl.LightningModule):
             return 1.0
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name in the plain net: FSDP and activation checkpointing insert wrapper modules."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+        name = name.replace(wrapper, "")
+    return name

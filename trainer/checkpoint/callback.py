@@ -78,6 +78,11 @@ class CheckpointManager(pl.Callback):
                 "num_nodes": trainer.num_nodes,
                 "global_step": step,
             }
+            if self.state_name == "state":  # sharded: record who wrote what; refuse to publish an incomplete set
+                from trainer.checkpoint.shards import shard_list
+
+                meta["shards"] = shard_list(tmp, self.state_name, self.meta.get("strategy", ""), trainer.world_size,
+                                            self.meta.get("zero_stage"))
             store.write_manifest(tmp, step=step, state=self.state_name, meta=meta, checksum=self.checksum)
             store.publish(tmp, final)
             removed = store.prune(self.root, self.keep_last)

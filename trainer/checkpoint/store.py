@@ -118,6 +118,11 @@ def verify(ckpt_dir: Path, deep: bool = True) -> dict:
         raise CheckpointDamaged(f"{mpath}: unreadable manifest ({e})") from None
     if not files:
         raise CheckpointDamaged(f"{ckpt_dir}: the manifest lists no files")
+    for shard in manifest.get("shards") or []:  # sharded checkpoints: name the rank whose shard is lost
+        if not (ckpt_dir / shard["file"]).is_file():
+            who = f"rank {shard['rank']} of {manifest.get('world_size')}" if shard.get("rank") is not None else "all ranks"
+            raise CheckpointDamaged(f"{ckpt_dir}: missing shard {shard['file']} (written by {who}; "
+                                    f"a {manifest.get('strategy')} checkpoint of world size {manifest.get('world_size')})")
     for rel, info in files.items():
         p = ckpt_dir / rel
         if not p.is_file():

@@ -1,39 +1,59 @@
-"""Lightning's DeepSpeedStrategy, made to run on DeepSpeed's CPU accelerator too.
+"""Lightning's DeepSpeedStrategy, made to run on DeepSpeed's CPU accelerator too, and to resume
+universal checkpoints (another world size) with each parameter group's own hyperparameters.
 
-Lightning refuses non-CUDA accelerators in setup_environment; DeepSpeed itself runs ZeRO 1-3 on
-its CPU accelerator over gloo. The subclass skips that one check and gives the CPU devices an index.
-DeepSpeed is imported here only, lazily: it is slow to import.
+Lightning refuses non-CUDA accelerators in setup_environment and checks that device indices
+match local ranks (CPU devices have none); DeepSpeed itself runs ZeRO 1-3 on its CPU
+accelerator over gloo. The CPU subclass skips those two checks and gives each CPU device an index.
+DeepSpeed is imported lazily: it is slow to import.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
+# Lightning sets this from Trainer(accumulate_grad_batches=...) and refuses it in the config.
+_SET_BY_LIGHTNING = ("gradient_accumulation_steps",)
+# Restored by Lightning's LR scheduler and by DeepSpeed's own state: not put back after a universal load.
+_RESTORED_ELSEWHERE = ("params", "lr", "initial_lr", "step")
+
 
 def make_deepspeed_strategy(config: dict[str, Any], *, on_gpu: bool, timeout: timedelta, backend: str):
-    from pytorch_lightning.strategies import DeepSpeedStrategy
-
-    if on_gpu:
-        return DeepSpeedStrategy(config=config, timeout=timeout, process_group_backend=backend)
-    return _CPUDeepSpeedStrategy(config=config, timeout=timeout, process_group_backend=backend)
+    config = {k: v for k, v in config.items() if k not in _SET_BY_LIGHTNING}
+    cls = _strategy_classes()[0 if on_gpu else 1]
+    return cls(config=config, timeout=timeout, process_group_backend=backend)
 
 
-def _cpu_strategy_class():
+def _strategy_classes():
     import torch
+    from lightning_fabric.utilities.seed import reset_seed
     from pytorch_lightning.strategies import DeepSpeedStrategy
     from pytorch_lightning.strategies.ddp import DDPStrategy
 
-    class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    class TrainerDeepSpeedStrategy(DeepSpeedStrategy):
+        def load_checkpoint(self, checkpoint_path, weights_only=None):
+            # DeepSpeed's ZeRO-3 universal loader copies param group 0's hyperparameters (weight decay,
+            # betas, eps) onto every group; put each group's own (from configure_optimizers) back.
+            universal = bool((self.config or {}).get("checkpoint", {}).get("load_universal"))
+            base = getattr(self.deepspeed_engine.optimizer, "optimizer", None) if universal else None
+            own = [{k: v for k, v in g.items() if k not in _RESTORED_ELSEWHERE} for g in base.param_groups] if base else []
+            state = super().load_checkpoint(checkpoint_path, weights_only)
+            for group, hyper in zip(base.param_groups if base else [], own):
+                group.update(hyper)
+            return state
+
+    class CPUDeepSpeedStrategy(TrainerDeepSpeedStrategy):
         def setup_environment(self) -> None:
             # Skip DeepSpeedStrategy's CUDA-only check; the rest of the setup is DDP's.
             DDPStrategy.setup_environment(self)
+
+        def setup_distributed(self) -> None:
+            # As DeepSpeedStrategy's, minus the check that device indices equal local ranks.
+            reset_seed()
+            self.set_world_ranks()
+            self._init_deepspeed_distributed()
 
         @property
         def root_device(self) -> torch.device:
             return torch.device("cpu", self.local_rank)
 
-    return CPUDeepSpeedStrategy
-
-
-def _CPUDeepSpeedStrategy(**kwargs):  # noqa: N802 - a factory that reads like a class
-    return _cpu_strategy_class()(**kwargs)
+    return TrainerDeepSpeedStrategy, CPUDeepSpeedStrategy

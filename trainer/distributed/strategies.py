@@ -18,6 +18,7 @@ def build_strategy(
     deepspeed_json: dict[str, Any] | None = None,
     fsdp_sharding: str = "FULL_SHARD",
     fsdp_state_dict: str = "sharded",
+    fsdp_wrap_types: set[type] | None = None,
 ):
     if name == "single":
         return "auto"
@@ -28,13 +29,15 @@ def build_strategy(
 
         return DDPStrategy(process_group_backend=backend, timeout=timeout, find_unused_parameters=False)
     if name == "fsdp":
-        from pytorch_lightning.strategies import FSDPStrategy
+        from trainer.distributed.fsdp import make_fsdp_strategy
 
-        return FSDPStrategy(
+        return make_fsdp_strategy(
+            on_gpu=on_gpu,
             sharding_strategy=fsdp_sharding,
             state_dict_type=fsdp_state_dict,
             process_group_backend=backend,
             timeout=timeout,
+            wrap_types=fsdp_wrap_types,
         )
     if name == "deepspeed":
         from trainer.distributed.deepspeed import make_deepspeed_strategy

@@ -1,7 +1,8 @@
 """Pure-PyTorch references for every op in trainer.ops.
 
 These define the semantics the fused kernels must match, and they are the path every
-machine can take. Each one computes in fp32 and returns the input's dtype.
+machine can take. Each one computes in fp32 (float64 inputs stay float64, so the same code
+serves as the high-precision reference in tests) and returns the input's dtype.
 """
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import torch
 import torch.nn.functional as F
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """x in the accumulation dtype: float32, or float64 for float64 inputs."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """y = x / sqrt(mean(x^2, -1) + eps) * weight, over the last dim."""
-    xf = x.float()
+    xf = _acc(x)
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
+    return (y * weight.to(xf.dtype)).to(x.dtype)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -27,7 +33,7 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
-    xf = x.float()
+    xf = _acc(x)
     x1, x2 = xf[..., :half], xf[..., half:]
     out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return out.to(x.dtype)
@@ -35,7 +41,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """silu(a) * b."""
-    return (F.silu(a.float()) * b.float()).to(a.dtype)
+    return (F.silu(_acc(a)) * _acc(b)).to(a.dtype)
 
 
 def cross_entropy(
@@ -43,9 +49,9 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Mean token cross-entropy over targets != ignore_index, plus z_loss * mean(lse^2).
 
-    logits (N, V), targets (N,). Returns an fp32 scalar.
+    logits (N, V), targets (N,). Returns an fp32 scalar (float64 for float64 logits).
     """
-    logits = logits.float()
+    logits = _acc(logits)
     valid = targets != ignore_index
     n_valid = valid.sum().clamp(min=1)
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum") / n_valid

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,39 @@ def build_loggers(
     loggers: list[Logger] = []
     if csv:
         # version="" keeps metrics.csv directly under <run_dir>/csv/ across restarts.
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        loggers.append(_resumable_csv_logger(save_dir=str(run_dir), name="csv", version=""))
     mode = resolve_wandb_mode(wandb_mode)
     if wandb and mode != "disabled":
         wb = _make_wandb(run_dir, run_name=run_name, mode=mode, project=project, entity=entity, tags=tags, config=config)
         if wb is not None:
             loggers.append(wb)
     return loggers
+
+
+def _resumable_csv_logger(**kwargs) -> CSVLogger:
+    """Lightning's CSVLogger deletes metrics.csv when it starts in a non-empty directory; a resumed run
+    appends to it instead, so the file holds the whole run (a step re-run after a crash appears twice:
+    readers take the last row of a step)."""
+    import csv
+
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+    class AppendingExperimentWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if self._fs.isfile(self.metrics_file_path):
+                with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                    self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return ResumableCSVLogger(**kwargs)
 
 
 def _make_wandb(run_dir: Path, *, run_name: str, mode: str, project: str, entity: str | None, tags: list[str], config):
