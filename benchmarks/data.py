@@ -184,7 +184,7 @@ def _plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary["loaders"]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     labels = [f"{r['batch_size']}x{r['seq_len']}\n{r['workers']} workers" for r in rows]
     ax.bar(range(len(rows)), [r["tokens_per_s"] for r in rows], color="#6a8fd0", label="loader delivers")
     ax.scatter(range(len(rows)), [r["model_tokens_per_s"] for r in rows], color="#d0762a", marker="_", s=900,
@@ -196,7 +196,7 @@ def _plot(summary: dict, path: str) -> None:
     ax.set_ylabel("tokens/s (log)")
     m = summary["machine"]
     ax.set_title(f"loader throughput vs model consumption\n{m['cpu']} ({m['cpu_cores']} cores), {m['date']}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

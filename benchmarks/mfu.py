@@ -75,6 +75,8 @@ def run_handwritten(args, workdir: Path) -> dict:
 
     cuda = args.device == "cuda"
     cfg = compose(gpt2_overrides(args, 1, workdir, "handwritten"))
+    if not cuda:
+        torch.set_num_threads(cfg.trainer.num_threads or torch.get_num_threads())  # as run_fit does on a CPU
     dm = build_data(cfg)
     tokens = dm.windows("train").tokens()
     batch = args.batch if args.batch != "auto" else largest_batch(cfg, dm, tokens) if cuda else 4

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _run(args, tmp_path, shared_cache, timeout=300):
+def _run(args, tmp_path, shared_cache, timeout=560):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "TRAINER_CACHE": str(shared_cache),
            "TRAINER_RUNS_DIR": str(tmp_path / "runs")}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -32,14 +32,16 @@ def test_overhead_quick_compares_the_three_variants(tmp_path, shared_cache):
     assert data["checkpoint_save_s"] > 0
 
 
-def test_mfu_smoke_runs_baseline_and_ours_through_the_real_fit(tmp_path, shared_cache):
+def test_mfu_smoke_runs_baseline_ours_and_zero2_through_the_real_fit(tmp_path, shared_cache):
     out = tmp_path / "mfu"
-    proc = _run(["benchmarks/mfu.py", "--device", "cpu", "--smoke", "--variants", "handwritten,ours", "--steps", "2",
-                 "--warmup", "1", "--out", str(out)], tmp_path, shared_cache)
+    proc = _run(["benchmarks/mfu.py", "--device", "cpu", "--smoke", "--variants", "handwritten,ours,zero2_1b",
+                 "--steps", "2", "--warmup", "1", "--zero-steps", "1", "--budget-s", "500", "--out", str(out)], tmp_path, shared_cache)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads((out / "mfu.json").read_text())
     assert data["variants"]["handwritten"]["status"] == "ok", data["variants"]["handwritten"]
     assert data["variants"]["ours"]["status"] == "ok", data["variants"]["ours"]
     assert data["variants"]["ours"]["kernels"]["mode"] == "reference"
     assert data["ratios_vs_handwritten"]["ours"] > 0
+    zero2 = data["variants"]["zero2_1b"]
+    assert zero2["status"] == "ok" and zero2["strategy"].startswith("deepspeed ZeRO-2"), zero2
     assert "hand-written + torch.compile" in (out / "mfu_table.md").read_text()
