@@ -229,7 +229,42 @@ def _train(mode: str, fused_loss: bool, steps: int = 200) -> list[float]:
     return losses
 
 
-def test_gpt_converges_the_same_with_and_without_kernels():
+def _one_step(mode: str, fused_loss: bool, dtype: torch.dtype, autocast: bool):
+    """Loss and every parameter gradient of the convergence model's first step."""
+    ops.set_kernel_mode(mode)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=256, seq_len=128, d_model=128, n_layers=4, n_heads=4, fused_loss=fused_loss)
+    model = GPT(cfg).to(DEV, dtype)
+    idx, tgt = next(_pattern_batches(cfg.vocab_size, 16, cfg.seq_len, 1))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(idx, tgt)
+    loss.backward()
+    return loss.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
+
+
+def test_gpt_step_gradients_are_as_accurate_as_the_reference():
+    """One step is not chaotic: every gradient of the fused run (all kernels, fused loss, bf16
+    autocast) is within twice the reference run's own bf16 error against a float64 run."""
+    loss_x, exact = _one_step("reference", False, torch.float64, autocast=False)
+    loss_r, grads_r = _one_step("reference", False, torch.float32, autocast=True)
+    loss_f, grads_f = _one_step("fused", True, torch.float32, autocast=True)
+    ops.set_kernel_mode("fused")
+    assert abs(loss_f - loss_x) <= 2 * abs(loss_r - loss_x) + 1e-3 * abs(loss_x)
+    for name, e in exact.items():
+        err_f = ((grads_f[name] - e).norm() / e.norm()).item()
+        err_r = ((grads_r[name] - e).norm() / e.norm()).item()
+        assert err_f <= 2 * err_r + 1e-4, f"{name}: fused relative error {err_f:.3g} vs reference {err_r:.3g}"
+
+
+def test_gpt_converges_with_kernels_as_without():
+    """200 steps end to end: both runs learn the task, and they agree while the curves can.
+
+    Past the first few dozen steps this run (lr 3e-3, loss spikes) is chaotic: multiplying the
+    embedding by (1 + 1e-6) moves the reference run's late 20-step means by 2-4x on the CPU
+    (bf16 autocast), e.g. 0.032 vs 0.137. So late windows are only required to have learned;
+    equivalence is asserted where it is not chaotic: the first window here, and every gradient
+    of a step in test_gpt_step_gradients_are_as_accurate_as_the_reference.
+    """
     reference_curve = _train("reference", fused_loss=False)
     fused_curve = _train("fused", fused_loss=True)
     ops.set_kernel_mode("fused")
@@ -237,8 +272,8 @@ def test_gpt_converges_the_same_with_and_without_kernels():
     window = 20
     ref_means = [sum(reference_curve[i : i + window]) / window for i in range(0, 200, window)]
     fused_means = [sum(fused_curve[i : i + window]) / window for i in range(0, 200, window)]
-    assert ref_means[-1] < 0.5 * ref_means[0], f"the reference run did not learn: {ref_means}"
-    assert fused_means[-1] < 0.5 * fused_means[0], f"the fused run did not learn: {fused_means}"
-    # Same init and data: bf16 rounding differences alone separate the runs (noise ~0.02 late on).
-    for r, f in zip(ref_means, fused_means):
-        assert abs(f - r) <= 0.1 + 0.1 * r, f"loss curves diverge: reference {ref_means} vs fused {fused_means}"
+    curves = f"reference {ref_means} vs fused {fused_means}"
+    assert abs(fused_means[0] - ref_means[0]) <= 0.05 * ref_means[0], f"the first steps differ: {curves}"
+    for name, means in (("reference", ref_means), ("fused", fused_means)):
+        # From ln(256) = 5.5 at init; a run that has learned the permutation is far below 0.3.
+        assert means[-1] < min(0.3, 0.1 * means[0]), f"the {name} run did not learn: {curves}"
