@@ -46,7 +46,7 @@ def test_export_consolidates_shards_into_the_live_model(strategy, runs, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero3"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero2"])
 def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
     """Same global batch (8): 2 ranks x 4 (to step 4) -> 1 rank x 8 (to step 6) -> 2 ranks x 4 (to 8)
     follows the straight 2-rank run's loss curve. (The global batch is kept by the micro-batch size, not
@@ -62,14 +62,14 @@ def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
     assert ("universal checkpoint" in out) == strategy.startswith("deepspeed")
     assert json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())["world_size"] == 1
     ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", *LIVE, f"strategy={strategy}", "trainer.devices=2"))
-    tol = 1e-5 if strategy == "ddp" else 1e-4
-    assert_same_curve(losses(run), losses(straight), tol, steps=list(range(SPLIT, STEPS)))
+    assert_same_curve(losses(run), losses(straight), 1e-5, steps=list(range(SPLIT, STEPS)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source, strategy, message", [
     ("deepspeed_zero3", "single", "is a DeepSpeed ZeRO-3 checkpoint; resume it with a DeepSpeed strategy"),
     ("fsdp", "fsdp", "holds FSDP shards of 2 ranks; resume it with strategy=fsdp on 2 ranks"),
+    ("deepspeed_zero3", "deepspeed_zero3", "resuming it on 1 ranks with ZeRO-3 is not supported"),
 ])
 def test_unloadable_checkpoints_are_refused_before_training(source, strategy, message, runs, tmp_path, shared_cache):
     ckpt = runs.two_ranks(source) / "checkpoints" / f"step-{SPLIT:08d}"
