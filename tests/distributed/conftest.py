@@ -25,8 +25,8 @@ class Runs:
         """1 process accumulating 2 micro-batches: the same global batch as 2 ranks."""
         return self._get("reference", "trainer.accumulate_grad_batches=2")
 
-    def two_ranks(self, strategy: str) -> Path:
-        return self._get(strategy, f"strategy={strategy}", "trainer.devices=2")
+    def two_ranks(self, strategy: str, *extra: str) -> Path:
+        return self._get("-".join((strategy, *extra)), f"strategy={strategy}", "trainer.devices=2", *extra)
 
     def _get(self, name: str, *args: str) -> Path:
         if name not in self.done:
