@@ -6,6 +6,7 @@ weights at the end), in two sessions: stop after step 4 with a checkpoint, then 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ class Runs:
         return self._get("reference", "trainer.accumulate_grad_batches=2")
 
     def two_ranks(self, strategy: str, *extra: str) -> Path:
-        return self._get("-".join((strategy, *extra)), f"strategy={strategy}", "trainer.devices=2", *extra)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join((strategy, *extra)))  # a run dir name Hydra can parse
+        return self._get(name, f"strategy={strategy}", "trainer.devices=2", *extra)
 
     def _get(self, name: str, *args: str) -> Path:
         if name not in self.done:
