@@ -6,6 +6,7 @@ weights at the end), in two sessions: stop after step 4 with a checkpoint, then 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ class Runs:
         """1 process accumulating 2 micro-batches: the same global batch as 2 ranks."""
         return self._get("reference", "trainer.accumulate_grad_batches=2")
 
-    def two_ranks(self, strategy: str) -> Path:
-        return self._get(strategy, f"strategy={strategy}", "trainer.devices=2")
+    def two_ranks(self, strategy: str, *extra: str) -> Path:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join((strategy, *extra)))  # a run dir name Hydra can parse
+        return self._get(name, f"strategy={strategy}", "trainer.devices=2", *extra)
 
     def _get(self, name: str, *args: str) -> Path:
         if name not in self.done:

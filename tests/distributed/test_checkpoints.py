@@ -45,23 +45,31 @@ def test_export_consolidates_shards_into_the_live_model(strategy, runs, tmp_path
     assert f"missing shard {lost}" in proc.stderr and "rank 1 of 2" in proc.stderr, proc.stderr
 
 
+# DeepSpeed in ONE process clips gradients differently from torch and from DeepSpeed on 2 ranks
+# (measured: with trainer.gradient_clip_val=0 one ZeRO-3 process matches the reference exactly, with
+# clipping it drifts ~1e-3 by step 3), so the DeepSpeed chain runs without clipping to test the checkpoint.
+CROSS_WORLD = {"ddp": (), "deepspeed_zero2": ("trainer.gradient_clip_val=0",)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_zero3"])
+@pytest.mark.parametrize("strategy", list(CROSS_WORLD))
 def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
     """Same global batch (8): 2 ranks x 4 (to step 4) -> 1 rank x 8 (to step 6) -> 2 ranks x 4 (to 8)
-    follows the straight 2-rank run's loss curve. (The global batch is kept by the micro-batch size, not
-    by accumulation: DeepSpeed's own accumulation sums in another order, which Adam amplifies on
-    near-zero gradients; that is numerics, not the checkpoint.) ZeRO goes through a universal checkpoint."""
-    straight = runs.two_ranks(strategy)
+    follows the straight 2-rank run's loss curve. ZeRO-2 goes through a universal checkpoint both ways.
+    (ZeRO-3 is refused: see test_unloadable_checkpoints_are_refused_before_training.)"""
+    extra = CROSS_WORLD[strategy]
+    straight = runs.two_ranks(strategy, *extra)
     run = tmp_path / "run"
-    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", "run.stop_after_steps=6", *LIVE,
+    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", "run.stop_after_steps=6", *LIVE, *extra,
                     f"strategy={strategy}", "trainer.devices=1", "data.batch_size=8",
                     f"run.resume_from={straight / 'checkpoints' / f'step-{SPLIT:08d}'}"))
     out = proc.stdout + proc.stderr
     assert "resuming from step 4" in out
     assert ("universal checkpoint" in out) == strategy.startswith("deepspeed")
     assert json.loads((run / "checkpoints" / "step-00000006" / "manifest.json").read_text())["world_size"] == 1
-    ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", *LIVE, f"strategy={strategy}", "trainer.devices=2"))
+    proc = ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", *LIVE, *extra, f"strategy={strategy}",
+                    "trainer.devices=2"))
+    assert ("universal checkpoint" in proc.stdout + proc.stderr) == strategy.startswith("deepspeed")
     tol = 1e-5 if strategy == "ddp" else 1e-4
     assert_same_curve(losses(run), losses(straight), tol, steps=list(range(SPLIT, STEPS)))
 
@@ -70,6 +78,7 @@ def test_resume_on_another_world_size(strategy, runs, tmp_path, shared_cache):
 @pytest.mark.parametrize("source, strategy, message", [
     ("deepspeed_zero3", "single", "is a DeepSpeed ZeRO-3 checkpoint; resume it with a DeepSpeed strategy"),
     ("fsdp", "fsdp", "holds FSDP shards of 2 ranks; resume it with strategy=fsdp on 2 ranks"),
+    ("deepspeed_zero3", "deepspeed_zero3", "resuming it on 1 ranks with ZeRO-3 is not supported"),
 ])
 def test_unloadable_checkpoints_are_refused_before_training(source, strategy, message, runs, tmp_path, shared_cache):
     ckpt = runs.two_ranks(source) / "checkpoints" / f"step-{SPLIT:08d}"

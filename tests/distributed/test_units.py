@@ -74,6 +74,8 @@ def test_resume_plans(tmp_path):
     assert plan_resume(zero, strategy="deepspeed", zero_stage=3, world_size=2, global_batch=8).state_path == zero.state_path
     with pytest.raises(UserError, match="python -m trainer.export"):
         plan_resume(zero, strategy="ddp", zero_stage=None, world_size=2, global_batch=8)
+    with pytest.raises(UserError, match="Resume on 2 ranks"):
+        plan_resume(zero, strategy="deepspeed", zero_stage=3, world_size=1, global_batch=8)
     fsdp = _info(tmp_path, "state", strategy="fsdp", world_size=2)
     with pytest.raises(UserError, match="strategy.fsdp_state_dict=full"):
         plan_resume(fsdp, strategy="fsdp", zero_stage=None, world_size=1, global_batch=8)
