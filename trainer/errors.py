@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import sys
 from typing import Iterable, Iterator
 
@@ -30,4 +31,10 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            # A live gloo/NCCL group can abort the interpreter's teardown (SIGABRT instead of
+            # exit 2); the message is out, so leave without tearing the group down.
+            sys.stdout.flush()
+            os._exit(USER_ERROR_EXIT)
         sys.exit(USER_ERROR_EXIT)
