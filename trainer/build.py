@@ -14,7 +14,7 @@ from typing import Any, Sequence, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import DATA_DERIVED, ObservabilityConfig, ProfilerConfig, StrategyConfig
-from trainer.distributed.plan import StrategyPlan, make_plan
+from trainer.distributed.strategy_plan import StrategyPlan, make_plan
 from trainer.errors import UserError
 from trainer.files import atomic_write_json
 from trainer.tracking.run_dir import RunDir
@@ -135,14 +135,19 @@ def build_plan(cfg: DictConfig, net, device: Device, world_size: int) -> Strateg
 
 
 def build_module(cfg: DictConfig, net, plan: StrategyPlan):
-    """The LightningModule: the user's own (`module._target_`) or TrainModule with the `optim` section."""
-    if cfg.get("module") is not None:
-        return instantiate(cfg.module, net=net)
+    """The LightningModule: TrainModule with the `optim` section, or the user's own (`module._target_`),
+    which receives the same arguments where its constructor takes them (a TrainModule subclass needs
+    to set only what it changes)."""
+    from trainer.config import import_target, signature_params
     from trainer.module import TrainModule
 
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    return TrainModule(net, **optim, max_steps=cfg.trainer.max_steps, compile=cfg.trainer.compile,
-                       optimizer_class=plan.optimizer_class)
+    arguments = {**OmegaConf.to_container(cfg.optim, resolve=True), "max_steps": cfg.trainer.max_steps,
+                 "compile": cfg.trainer.compile, "optimizer_class": plan.optimizer_class}
+    if cfg.get("module") is None:
+        return TrainModule(net, **arguments)
+    params = signature_params(import_target("module", cfg.module._target_))
+    fills = {k: v for k, v in arguments.items() if (params is None or k in params) and k not in cfg.module}
+    return instantiate(cfg.module, net=net, **fills)
 
 
 # --------------------------------------------------------------------------- callbacks and loggers

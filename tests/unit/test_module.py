@@ -4,7 +4,7 @@ from dataclasses import asdict
 import torch
 
 from trainer.config import OptimConfig
-from trainer.distributed.plan import torch_global_norm
+from trainer.distributed.strategy_plan import torch_global_norm
 from trainer.models.gpt import GPT, GPTConfig
 from trainer.module import TrainModule
 
