@@ -126,12 +126,19 @@ at::Tensor bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& logits, const
 
 // ---- fused linear + cross-entropy -------------------------------------------------------
 
-// Rows per chunk: chunk logits about the size of hidden (Liger-Kernel's rule), a power of two.
-int64_t chunk_rows(int64_t n, int64_t vocab, int64_t dim) {
-  const int64_t inc = std::max<int64_t>(1, (vocab + dim - 1) / dim);
-  const int64_t want = std::max<int64_t>(1, (n + inc - 1) / inc);
+// The logits of one chunk take at most this much memory (unless a single row is larger).
+constexpr int64_t kChunkLogitsBytes = int64_t{1} << 30;
+
+// Rows per chunk: the largest power of two whose logits fit kChunkLogitsBytes, or all rows.
+// Few, large chunks: every chunk adds its fp32 weight-gradient partial (read and written in
+// full, 4 * V * D bytes) and a matrix product with a short inner dimension; with chunks sized
+// like the hidden states instead (Liger-Kernel's rule) a 16384 x 4096 @ 128256 x 4096 loss takes
+// 32 chunks and spends more on those than on its products. `requested` > 0 overrides (benchmarks).
+int64_t chunk_rows(int64_t n, int64_t vocab, int64_t elem_size, int64_t requested) {
+  if (requested > 0) return std::min(requested, std::max<int64_t>(n, 1));
+  const int64_t fit = std::max<int64_t>(1, kChunkLogitsBytes / std::max<int64_t>(1, vocab * elem_size));
   int64_t c = 1;
-  while (c < want) c *= 2;
+  while (c * 2 <= fit) c *= 2;
   return std::min(c, std::max<int64_t>(n, 1));
 }
 
@@ -207,7 +214,7 @@ void accumulate_grad_weight(at::Tensor& acc, const at::Tensor& grad_logits, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd(const at::Tensor& hidden, const at::Tensor& weight,
                                                          const at::Tensor& targets, int64_t ignore_index,
-                                                         double z_loss, bool compute_grad) {
+                                                         double z_loss, bool compute_grad, int64_t chunk) {
   check_float(hidden, kFused, "hidden");
   TORCH_CHECK_VALUE(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1), kFused,
                     ": hidden must be (N, D) and weight (V, D), got ", hidden.sizes(), " and ", weight.sizes());
@@ -236,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd(const at::Tensor& hidde
   const auto gw_type = hidden.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor grad_weight_acc = compute_grad ? at::zeros({vocab, dim}, weight.options().dtype(gw_type))
                                             : at::empty({0, dim}, weight.options());
-  const int64_t step = chunk_rows(n, vocab, dim);
+  TORCH_CHECK_VALUE(chunk >= 0, kFused, ": chunk_rows must be >= 0 (0: automatic), got ", chunk);
+  const int64_t step = chunk_rows(n, vocab, hidden.element_size(), chunk);
   for (int64_t start = 0; start < n; start += step) {
     const int64_t rows = std::min(step, n - start);
     const at::Tensor h = hidden.narrow(0, start, rows);
@@ -267,7 +275,7 @@ TORCH_LIBRARY_FRAGMENT(trainer_kernels, m) {
       "float z_loss) -> Tensor");
   m.def(
       "fused_linear_cross_entropy_fwd(Tensor hidden, Tensor weight, Tensor targets, int ignore_index, float z_loss, "
-      "bool compute_grad) -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
+      "bool compute_grad, int chunk_rows=0) -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
 }
 
 TORCH_LIBRARY_IMPL(trainer_kernels, CPU, m) {

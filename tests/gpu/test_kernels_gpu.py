@@ -134,13 +134,14 @@ def test_cross_entropy_huge_logits():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n,dim,vocab", [(1, 64, 1000), (1000, 256, 32000), (4096, 1024, 50257)])
-def test_fused_linear_cross_entropy(dtype, n, dim, vocab):
+@pytest.mark.parametrize("n,dim,vocab,chunk_rows", [(1, 64, 1000, 0), (1000, 256, 32000, 0), (1000, 256, 32000, 300),
+                                                    (4096, 1024, 50257, 0)])
+def test_fused_linear_cross_entropy(dtype, n, dim, vocab, chunk_rows):
     h = _randn(n, dim, dtype=dtype)
     w = _randn(vocab, dim, scale=dim**-0.5, dtype=dtype, seed=1)
     t = _targets(n, vocab, ignore_every=7)
     _check_against_torch(
-        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, 1e-4),
+        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, 1e-4, chunk_rows=chunk_rows),
         lambda h, w: ref.fused_linear_cross_entropy(h, w, t, -100, 1e-4),
         [h, w],
         "flce",

@@ -200,7 +200,7 @@ def test_cross_entropy_on_transposed_logits(dtype, grad_layout):
 def test_fused_linear_cross_entropy_on_views_and_tied_weight(dtype):
     """hidden transposed in memory, weight a strided slice and also used a second time
     (an embedding lookup, as with tied embeddings), loss scaled like gradient accumulation."""
-    N, D, V = 40, 8, 300  # several chunks: the chunk size is a power of two below N
+    N, D, V = 40, 8, 300
     hidden = _randn(D, N, dtype=dtype, seed=0)
     weight = _randn(V, 2 * D, dtype=dtype, seed=1) / D**0.5
     t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2)).to(_DEVICE["name"])
@@ -215,8 +215,10 @@ def test_fused_linear_cross_entropy_on_views_and_tied_weight(dtype):
 
         return fn
 
-    _check(model(fused.fused_linear_cross_entropy), model(ref.fused_linear_cross_entropy), [hidden, weight],
-           "contiguous", dtype)
+    def several_chunks(h, w, t):  # 6 chunks, the last one short
+        return fused.fused_linear_cross_entropy(h, w, t, chunk_rows=7)
+
+    _check(model(several_chunks), model(ref.fused_linear_cross_entropy), [hidden, weight], "contiguous", dtype)
 
 
 def test_fused_linear_cross_entropy_under_autocast_matches_the_unfused_loss():
