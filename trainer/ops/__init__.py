@@ -21,11 +21,12 @@ import torch
 
 from trainer.errors import UserError
 from trainer.ops import fused, reference
-from trainer.ops.auto import OPS
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "fused", "reference")
+# The ops below, by name: kernel_status() and the auto table (trainer/ops/auto_table.json) use these.
+OPS = ("rms_norm", "apply_rotary", "swiglu", "cross_entropy", "fused_linear_cross_entropy")
 
 _NONE: frozenset[str] = frozenset()
 _ROUTES: dict[str, frozenset[str]] = {op: _NONE for op in OPS}  # op -> device types given the fused kernel

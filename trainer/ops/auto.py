@@ -23,11 +23,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.ops import OPS  # the ops trainer.ops dispatches
+
 TABLE = Path(__file__).resolve().parent / "auto_table.json"
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
-# The ops trainer.ops dispatches, and the benchmark's name for each.
-OPS = ("rms_norm", "apply_rotary", "swiglu", "cross_entropy", "fused_linear_cross_entropy")
+# The benchmark's name for each op.
 BENCH_NAMES = {
     "rms_norm": "rms_norm",
     "rope": "apply_rotary",
