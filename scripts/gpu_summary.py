@@ -49,7 +49,7 @@ def auto_section(candidate: Path) -> list[str]:
 
     entry = json.loads(candidate.read_text())
     lines = ["## What kernels=auto would pick from this run", "",
-             f"(add it: `python -m trainer.ops.auto add {candidate.name}` with the file copied into the repo)", "",
+             f"(to use it: copy kernels_bench.json to docs/gpu/, then `python -m trainer.ops.auto add {candidate.name} --source docs/gpu/<that file>`)", "",
              "| op | eager | torch.compile |", "|---|---|---|"]
     eager = auto.choose(entry, "name", False, entry["device"]["name"], sources=entry["sources"])
     compiled = auto.choose(entry, "name", True, entry["device"]["name"], sources=entry["sources"])

@@ -130,7 +130,7 @@ def test_auto_on_a_gpu_routes_per_op_and_reports_each(kernels_loaded, monkeypatc
     monkeypatch.setattr(build, "load", lambda with_cuda, cache_dir=None: build.loaded())
     entry = _entry(rms_norm={"compile": {"fwd": 1.3, "fwd_bwd": 1.7}, "eager": {"fwd": 9.0, "fwd_bwd": 7.0}},
                    swiglu={"compile": {"fwd": 0.95, "fwd_bwd": 1.4}, "eager": {"fwd": 8.0, "fwd_bwd": 6.5}})
-    monkeypatch.setattr(auto, "load_table", lambda path=auto.TABLE: {"entries": [entry]})
+    monkeypatch.setattr(auto, "load_table", lambda path=None: {"entries": [entry]})
     try:
         assert ops.set_kernel_mode("auto", compiled=True) == "mixed"
         status = ops.kernel_status()
@@ -159,6 +159,23 @@ def test_reference_status_names_every_op():
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_auto_without_a_table_entry_is_the_reference(monkeypatch, compiled):
-    monkeypatch.setattr(auto, "load_table", lambda path=auto.TABLE: {"entries": []})
+    monkeypatch.setattr(auto, "load_table", lambda path=None: {"entries": []})
     picks = auto.choose(*auto.find_entry(auto.load_table(), "NVIDIA H200", "9.0"), compiled, "NVIDIA H200")
     assert {c.impl for c in picks.values()} == {"reference"}
+
+
+def test_add_from_the_command_line_needs_the_raw_json_in_the_repo(tmp_path, monkeypatch, capsys):
+    table = tmp_path / "trainer" / "ops" / "auto_table.json"
+    table.parent.mkdir(parents=True)
+    table.write_text(json.dumps({"entries": []}))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "run.json").write_text("{}")
+    candidate = tmp_path / "candidate.json"
+    candidate.write_text(json.dumps({**_entry("GPU Z"), "provenance": {"source": "/tmp/gpu_work/kernels_bench.json"}}))
+    monkeypatch.setattr(auto, "TABLE", table)
+    with pytest.raises(SystemExit):
+        auto.main(["add", str(candidate), "--source", "docs/missing.json"])
+    assert "commit the raw JSON first" in capsys.readouterr().err
+    auto.main(["add", str(candidate), "--source", "docs/run.json"])
+    entry = json.loads(table.read_text())["entries"][0]
+    assert entry["device"]["name"] == "GPU Z" and entry["provenance"]["source"] == "docs/run.json"

@@ -12,7 +12,7 @@ A table entry applies to the GPU it was measured on (matched by name), or else t
 same compute capability (the status says so: the speeds were not measured on that card).
 
     python -m trainer.ops.auto show                      # the table and what auto picks from it
-    python -m trainer.ops.auto add gpu_out/auto_table_candidate.json   # after a GPU benchmark
+    python -m trainer.ops.auto add auto_table_candidate.json --source docs/gpu/<run>_kernels_bench.json
 """
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def source_hashes() -> dict[str, str]:
     return out
 
 
-def load_table(path: Path = TABLE) -> dict:
+def load_table(path: Path | None = None) -> dict:
+    path = path or TABLE
     try:
         table = json.loads(path.read_text())
     except FileNotFoundError:
@@ -164,8 +165,9 @@ def entry_from_report(report: dict, provenance: dict) -> dict:
             "ops": ops}
 
 
-def add_entry(entry: dict, path: Path = TABLE) -> dict:
+def add_entry(entry: dict, path: Path | None = None) -> dict:
     """Put entry into the table at path, replacing the one measured on the same GPU model."""
+    path = path or TABLE
     table = load_table(path)
     entries = [e for e in table["entries"] if e["device"]["name"] != entry["device"]["name"]]
     table = {**table, "entries": [*entries, entry]}
@@ -181,9 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("show", help="print what auto picks on each measured GPU")
     add = sub.add_parser("add", help="add (or replace) a GPU's entry from benchmarks/kernels.py's candidate file")
     add.add_argument("candidate", type=Path)
+    add.add_argument("--source", required=True,
+                     help="the run's kernels_bench.json as committed in the repository (e.g. docs/gpu/...json)")
     args = parser.parse_args(argv)
     if args.cmd == "add":
+        root = TABLE.parents[2]
+        if not (root / args.source).is_file():
+            parser.error(f"--source {args.source}: no such file under {root}; commit the raw JSON first")
         entry = json.loads(args.candidate.read_text())
+        entry["provenance"]["source"] = args.source
         add_entry(entry)
         print(f"{TABLE}: entry for {entry['device']['name']} from {entry['provenance'].get('source')}")
     for entry in load_table()["entries"]:
