@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run of at most GPU_BUDGET_S (default 480 s = 8 minutes):
-#   1. install the carried wheels (.devwheels/: hydra, omegaconf, datasets, deepspeed, ... for a
-#      machine without a package index) and record the machine (card, driver, torch, CUDA),
+#   1. install the carried wheels (.devwheels/ from scripts/gpu_wheels.sh: hydra, omegaconf, datasets,
+#      deepspeed, ... for a machine without a package index); record card, driver, torch, CUDA,
 #   2. build the kernels ahead of time for this GPU,
 #   3. the multi-seed convergence test first (tests/gpu/test_convergence_gpu.py), then every other
 #      `gpu` test (kernels against float64, model layouts, whole-GPT gradients, NVML),
@@ -11,7 +11,8 @@
 # A step that fails is recorded and the next one still runs; each has a time limit inside the budget.
 # $OUT (default ./gpu_out) receives: summary.md (read this), convergence.json, kernels_bench.json,
 # kernels_bench.md, auto_table_candidate.json, gpu_logs.tgz (every log and JUnit XML).
-#   OUT=/tmp/gpu bash scripts/gpu_check.sh
+#   bash scripts/gpu_wheels.sh                 # here, once: fills the git-ignored .devwheels/
+#   OUT=/tmp/gpu bash scripts/gpu_check.sh     # there, with .devwheels carried along (~8 min)
 # Without CUDA it says so and exits 0 having checked nothing; GPU_CHECK_DRY_RUN=1 then runs the same
 # steps on the CPU (CPU build, the gpu tests skip, benchmark --smoke) to check the script itself.
 set -u
