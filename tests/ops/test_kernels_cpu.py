@@ -289,3 +289,12 @@ def test_binding_rejects_mismatched_linear_shapes():
         torch.ops.trainer_kernels.fused_linear_cross_entropy_fwd(
             torch.randn(4, 8), torch.randn(10, 9), torch.zeros(4, dtype=torch.long), -100, 0.0, True
         )
+
+
+def test_fused_linear_cross_entropy_of_no_rows_has_zero_gradients():
+    h = torch.randn(0, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    loss = fused.fused_linear_cross_entropy(h, w, torch.empty(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.shape == (0, 8)
+    assert w.grad is not None and torch.count_nonzero(w.grad) == 0
