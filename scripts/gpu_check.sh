@@ -14,7 +14,8 @@
 #   bash scripts/gpu_wheels.sh                 # here, once: fills the git-ignored .devwheels/
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh     # there, with .devwheels carried along (~8 min)
 # Without CUDA it says so and exits 0 having checked nothing; GPU_CHECK_DRY_RUN=1 then runs the same
-# steps on the CPU (CPU build, the gpu tests skip, benchmark --smoke) to check the script itself.
+# steps on the CPU (kernels from the JIT cache, the gpu tests skip, benchmark --smoke) to check the
+# script itself, e.g. GPU_CHECK_DRY_RUN=1 TRAINER_CACHE=~/.cache/trainer PYTHON=.venv/bin/python.
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 T0=$SECONDS
@@ -83,9 +84,12 @@ if [ $DRY = 0 ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   export TORCH_CUDA_ARCH_LIST
 fi
-export TRAINER_KERNELS_DIR="$WORK/kernels_prebuilt"
-build_args=(); [ $DRY = 1 ] && build_args=(--cpu-only)
-step build 240 "$PYTHON" -m trainer.ops.build --out "$TRAINER_KERNELS_DIR" ${build_args[@]+"${build_args[@]}"}
+if [ $DRY = 0 ]; then
+  export TRAINER_KERNELS_DIR="$WORK/kernels_prebuilt"
+  step build 240 "$PYTHON" -m trainer.ops.build --out "$TRAINER_KERNELS_DIR"
+else  # the rehearsal takes the CPU build from the JIT cache ($TRAINER_CACHE), built once
+  printf '%-12s dry run: the CPU build comes from the cache %s\n' "build" "$TRAINER_CACHE" >> "$WORK/steps.txt"
+fi
 
 # 3. tests: the convergence test first (its curves land in $OUT whatever the outcome)
 pytest=("$PYTHON" -m pytest -q -p no:cacheprovider)

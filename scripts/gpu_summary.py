@@ -66,6 +66,9 @@ def test_counts(work: Path) -> list[str]:
     out = []
     for name in ("convergence", "gpu_tests", "obs"):
         log = _read(work / f"{name}.log") or _read(work / name / "pytest.log")
+        if not log:
+            out.append(f"{name}: not run")
+            continue
         found = re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|error).*?)\s*=*$", log, flags=re.M)
         out.append(f"{name}: {found[-1] if found else 'no pytest summary line (see the log)'}")
         failed = re.findall(r"^FAILED (\S+)", log, flags=re.M)
