@@ -9,15 +9,20 @@ and for the cross-entropy variants the peak memory of fused against unfused.
     python benchmarks/kernels.py --out gpu_out [--quick] [--no-compile]
     python benchmarks/kernels.py --smoke --out /tmp/x   # tiny shapes on the CPU paths: checks the script
 
-Prints a table last and writes kernels_bench.json / kernels_bench.md into --out.
-Goals: RMSNorm, RoPE, SwiGLU, CE >= 85% of copy bandwidth; no slower than torch.compile;
-fused linear CE peak memory <= 1/4 of the unfused loss.
+Prints a table last and writes into --out: kernels_bench.json (raw: every time, the machine,
+driver, torch, CUDA, date, the kernel sources' hashes), kernels_bench.md (the table), and
+auto_table_candidate.json (this GPU's entry for trainer/ops/auto_table.json; add it with
+`python -m trainer.ops.auto add <file>`). Every row compares the fused kernel with the PyTorch
+reference, eager and under torch.compile, measured in this process run, forward and forward+backward.
+Goals: RMSNorm fwd+bwd >= 80% and the other bandwidth-bound ops >= 85% of copy bandwidth; no
+slower than torch.compile; fused linear CE peak memory <= 1/4 of the unfused loss.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,12 +34,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer import ops  # noqa: E402
-from trainer.ops import fused  # noqa: E402
+from trainer.ops import auto, fused  # noqa: E402
 from trainer.ops import reference as ref  # noqa: E402
 
 DEV = "cuda"
 BANDWIDTH_GOAL = 0.85
+BANDWIDTH_GOALS = {"rms_norm": 0.80}  # issue 16: RMSNorm fwd+bwd at >= 80% of copy bandwidth
 MEMORY_GOAL = 0.25
+DTYPE = "bfloat16"  # every case
 
 
 @dataclass
@@ -49,12 +56,14 @@ class Case:
     bandwidth_bound: bool = True
     measure_memory: bool = False
     grads_in_forward: bool = False  # the fused forward already computes the gradients (linear CE)
+    fused_only: bool = False  # a variant of a fused kernel (e.g. another chunk size): no reference timings
 
 
 @dataclass
 class Result:
     op: str
     shape: str
+    dtype: str = DTYPE
     fwd_ms: dict = field(default_factory=dict)  # impl -> ms
     fwd_bwd_ms: dict = field(default_factory=dict)
     peak_mib: dict = field(default_factory=dict)
@@ -63,8 +72,10 @@ class Result:
     fwd_copy_frac: float | None = None
     fwd_bwd_copy_frac: float | None = None
     grads_in_forward: bool = False
-    speedup_eager: float | None = None
+    speedup_eager: float | None = None  # fwd+bwd: reference ms / fused ms
     speedup_compile: float | None = None
+    fwd_speedup_eager: float | None = None  # forward alone (None where the fused forward also does the backward)
+    fwd_speedup_compile: float | None = None
     error: str | None = None
 
 
@@ -142,7 +153,27 @@ def build_cases(size: str) -> list[Case]:
         lambda h, w, t: ref.fused_linear_cross_entropy(h, w, t),
         bytes_fwd=0, bytes_fwd_bwd=0, bandwidth_bound=False, measure_memory=True, grads_in_forward=True,
     ))
+    # The chunk size decides the linear CE's speed (each chunk re-reads and re-writes the fp32 weight
+    # gradient) and memory: the kernel's choice above (~1 GiB of logits per chunk), against the
+    # previous rule (chunk logits the size of the hidden states) and a single chunk.
+    for chunk in sorted({_hidden_sized_chunk(n_lce, v_lce, d_lce), n_lce // 2, n_lce}):
+        cases.append(Case(
+            "fused_linear_ce_chunks", f"{n_lce}x{d_lce} @ {v_lce}x{d_lce} bf16, chunk_rows={chunk}",
+            lambda seed: [_randn((n_lce, d_lce), bf16, seed), _randn((v_lce, d_lce), bf16, seed + 1, d_lce**-0.5),
+                          _targets(n_lce, v_lce, seed)],
+            lambda h, w, t, chunk=chunk: fused.fused_linear_cross_entropy(h, w, t, chunk_rows=chunk),
+            lambda h, w, t: ref.fused_linear_cross_entropy(h, w, t),
+            bytes_fwd=0, bytes_fwd_bwd=0, bandwidth_bound=False, measure_memory=True, grads_in_forward=True,
+            fused_only=True,
+        ))
     return cases
+
+
+def _hidden_sized_chunk(n: int, vocab: int, dim: int) -> int:
+    """The previous chunk rule (Liger-Kernel's): chunk logits about the size of the hidden states,
+    rounded up to a power of two; 512 rows for 16384 x 4096 @ 128256 x 4096."""
+    want = -(-n // -(-vocab // dim))
+    return min(n, 1 << (want - 1).bit_length())
 
 
 def _sync() -> None:
@@ -222,8 +253,8 @@ def peak_mib(fn: Callable, args: list[torch.Tensor]) -> float | None:
 def run_case(case: Case, copy_gbps: float, compile_ref: bool) -> Result:
     res = Result(case.op, case.shape, grads_in_forward=case.grads_in_forward)
     input_sets = [case.make_inputs(seed) for seed in (0, 100)]  # rotated: no pass sees warm L2
-    impls = {"fused": case.fused_fn, "eager": case.ref_fn}
-    if compile_ref:
+    impls = {"fused": case.fused_fn} if case.fused_only else {"fused": case.fused_fn, "eager": case.ref_fn}
+    if compile_ref and not case.fused_only:
         torch._dynamo.reset()
         impls["compile"] = torch.compile(case.ref_fn, dynamic=False)
     for name, fn in impls.items():
@@ -237,12 +268,16 @@ def run_case(case: Case, copy_gbps: float, compile_ref: bool) -> Result:
         res.fwd_bwd_gbps = case.bytes_fwd_bwd / (res.fwd_bwd_ms["fused"] * 1e-3) / 1e9
         res.fwd_copy_frac = res.fwd_gbps / copy_gbps
         res.fwd_bwd_copy_frac = res.fwd_bwd_gbps / copy_gbps
-    res.speedup_eager = res.fwd_bwd_ms["eager"] / res.fwd_bwd_ms["fused"]
-    if "compile" in res.fwd_bwd_ms:
-        res.speedup_compile = res.fwd_bwd_ms["compile"] / res.fwd_bwd_ms["fused"]
+    for impl in ("eager", "compile"):
+        if impl in res.fwd_bwd_ms:
+            setattr(res, f"speedup_{impl}", res.fwd_bwd_ms[impl] / res.fwd_bwd_ms["fused"])
+            if not case.grads_in_forward:
+                setattr(res, f"fwd_speedup_{impl}", res.fwd_ms[impl] / res.fwd_ms["fused"])
     if case.measure_memory and DEV == "cuda":
         args = input_sets[0]
-        res.peak_mib = {"fused": peak_mib(case.fused_fn, args), "unfused": peak_mib(case.ref_fn, args)}
+        res.peak_mib = {"fused": peak_mib(case.fused_fn, args)}
+        if not case.fused_only:
+            res.peak_mib["unfused"] = peak_mib(case.ref_fn, args)
     return res
 
 
@@ -250,22 +285,29 @@ def _fmt(v, spec=".2f", suffix=""):
     return "-" if v is None else f"{v:{spec}}{suffix}"
 
 
+def _ms(times: dict) -> str:
+    return " / ".join(_fmt(times.get(k), ".3f") for k in ("fused", "eager", "compile"))
+
+
 def table(results: list[Result], copy_gbps: float) -> str:
-    head = ("| op | shape | fwd ms | fwd+bwd ms | fwd GB/s (% copy) | fwd+bwd GB/s (% copy) | x eager | x compile "
-            "| peak MiB fused / unfused |")
-    lines = [f"copy bandwidth (device to device, this run): {copy_gbps:.0f} GB/s", "", head,
-             "|" + "---|" * 9]
+    head = ("| op | shape | dtype | fwd ms fused / eager / compile | fwd+bwd ms fused / eager / compile "
+            "| fwd % copy | fwd+bwd % copy | x compile fwd | x compile fwd+bwd | x eager fwd+bwd | peak MiB fused / unfused |")
+    lines = [f"copy bandwidth (device to device, this run): {copy_gbps:.0f} GB/s", "", head, "|" + "---|" * 12]
     for r in results:
         if r.error:
-            lines.append(f"| {r.op} | {r.shape} | error: {r.error} |||||||")
+            lines.append(f"| {r.op} | {r.shape} | {r.dtype} | error: {r.error} |||||||||")
             continue
-        peak = (f"{r.peak_mib['fused']:.0f} / {r.peak_mib['unfused']:.0f} ({r.peak_mib['fused'] / r.peak_mib['unfused']:.2f})"
-                if r.peak_mib else "-")
+        peak = "-"
+        if r.peak_mib.get("fused") is not None:
+            peak = f"{r.peak_mib['fused']:.0f}"
+            if r.peak_mib.get("unfused"):
+                peak += f" / {r.peak_mib['unfused']:.0f} ({r.peak_mib['fused'] / r.peak_mib['unfused']:.2f})"
+        fwd_note = " (incl. grads)" if r.grads_in_forward else ""
         lines.append(
-            f"| {r.op} | {r.shape} | {r.fwd_ms['fused']:.3f} | {r.fwd_bwd_ms['fused']:.3f} "
-            f"| {_fmt(r.fwd_gbps, '.0f')} ({_fmt(r.fwd_copy_frac and 100 * r.fwd_copy_frac, '.0f', '%')}) "
-            f"| {_fmt(r.fwd_bwd_gbps, '.0f')} ({_fmt(r.fwd_bwd_copy_frac and 100 * r.fwd_bwd_copy_frac, '.0f', '%')}) "
-            f"| {_fmt(r.speedup_eager)} | {_fmt(r.speedup_compile)} | {peak} |"
+            f"| {r.op} | {r.shape} | {r.dtype} | {_ms(r.fwd_ms)}{fwd_note} | {_ms(r.fwd_bwd_ms)} "
+            f"| {_fmt(r.fwd_copy_frac and 100 * r.fwd_copy_frac, '.0f', '%')} "
+            f"| {_fmt(r.fwd_bwd_copy_frac and 100 * r.fwd_bwd_copy_frac, '.0f', '%')} "
+            f"| {_fmt(r.fwd_speedup_compile)} | {_fmt(r.speedup_compile)} | {_fmt(r.speedup_eager)} | {peak} |"
         )
     return "\n".join(lines)
 
@@ -277,21 +319,67 @@ def goals(results: list[Result]) -> list[str]:
             out.append(f"MISS {r.op} {r.shape}: {r.error}")
             continue
         if r.fwd_copy_frac is not None:
-            for label, frac in (("fwd", r.fwd_copy_frac), ("fwd+bwd", r.fwd_bwd_copy_frac)):
-                ok = frac >= BANDWIDTH_GOAL
-                out.append(f"{'PASS' if ok else 'MISS'} {r.op} {r.shape} {label}: {100 * frac:.0f}% of copy bandwidth "
-                           f"(goal {100 * BANDWIDTH_GOAL:.0f}%)")
+            goal = BANDWIDTH_GOALS.get(r.op, BANDWIDTH_GOAL)
+            passes = (("fwd+bwd", r.fwd_bwd_copy_frac),) if r.op in BANDWIDTH_GOALS else (
+                ("fwd", r.fwd_copy_frac), ("fwd+bwd", r.fwd_bwd_copy_frac))
+            for label, frac in passes:
+                out.append(f"{'PASS' if frac >= goal else 'MISS'} {r.op} {r.shape} {label}: {100 * frac:.0f}% of copy "
+                           f"bandwidth (goal {100 * goal:.0f}%)")
         if r.speedup_compile is not None:
             # A forward that already computes the gradients is only comparable as forward+backward.
-            fwd = None if r.grads_in_forward else r.fwd_ms["compile"] / r.fwd_ms["fused"]
-            slowest = min(x for x in (fwd, r.speedup_compile) if x is not None)
+            slowest = min(x for x in (r.fwd_speedup_compile, r.speedup_compile) if x is not None)
+            which = "fwd+bwd" if r.fwd_speedup_compile is None else "worst of fwd, fwd+bwd"
             out.append(f"{'PASS' if slowest >= 1.0 else 'MISS'} {r.op} {r.shape}: x{slowest:.2f} vs torch.compile "
-                       f"({'fwd+bwd' if fwd is None else 'worst of fwd, fwd+bwd'}; goal >= 1)")
-        if r.op == "fused_linear_ce" and r.peak_mib:
+                       f"({which}; goal >= 1)")
+        if r.op == "fused_linear_ce" and r.peak_mib.get("unfused"):
             ratio = r.peak_mib["fused"] / r.peak_mib["unfused"]
             out.append(f"{'PASS' if ratio <= MEMORY_GOAL else 'MISS'} {r.op}: peak memory {ratio:.2f} of unfused "
                        f"(goal <= {MEMORY_GOAL})")
     return out
+
+
+def machine() -> dict:
+    """Where and with what this run measured: every row of the report carries it."""
+    info = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "python": sys.version.split()[0], "dtype": DTYPE,
+            "sources": auto.source_hashes(), "git_commit": _git_commit()}
+    if DEV != "cuda":
+        return {**info, "device": "cpu (smoke)", "capability": None, "driver": None}
+    major, minor = torch.cuda.get_device_capability()
+    return {**info, "device": torch.cuda.get_device_name(), "capability": f"{major}.{minor}", "driver": _driver(),
+            "addmm_fp32_out": _addmm_fp32_out_works()}
+
+
+def _driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        return out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "csrc", "trainer/ops"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+        return (r.stdout.strip() + (" (csrc/ or trainer/ops changed since)" if dirty else "")) if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _addmm_fp32_out_works() -> bool:
+    """Whether this torch adds a bf16 product into an fp32 tensor in one cuBLAS call (the fused
+    linear CE's weight-gradient accumulation), or falls back to a product plus an add."""
+    acc = torch.ones(2, 2, device=DEV)
+    m = torch.ones(2, 2, device=DEV, dtype=torch.bfloat16)
+    try:
+        torch.ops.aten.addmm.dtype_out(acc, m, m, torch.float32, beta=1, alpha=1, out=acc)
+    except (RuntimeError, AttributeError):
+        return False
+    return bool((acc == 3).all())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernels unavailable: {ops.kernel_status()}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    device = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)"
+    info = machine()
+    device = info["device"]
     copy_gbps = copy_bandwidth_gbps(1 << 30 if DEV == "cuda" else 1 << 24)
     print(f"{device}: copy bandwidth {copy_gbps:.0f} GB/s", file=sys.stderr, flush=True)
     results: list[Result] = []
@@ -337,20 +426,30 @@ def main(argv: list[str] | None = None) -> int:
         _GRADS.clear()
         if DEV == "cuda":
             torch.cuda.empty_cache()
-        write_reports(args.out, device, copy_gbps, results)  # after every op: a timeout keeps what was measured
-    md, checks = write_reports(args.out, device, copy_gbps, results)
-    print(f"\n{device}\n{md}\n")
+        write_reports(args.out, info, copy_gbps, results)  # after every op: a timeout keeps what was measured
+    md, checks = write_reports(args.out, info, copy_gbps, results)
+    print(f"\n{_title(info)}\n{md}\n")
     print("\n".join(checks))
     return 0
 
 
-def write_reports(out: Path, device: str, copy_gbps: float, results: list[Result]) -> tuple[str, list[str]]:
+def _title(info: dict) -> str:
+    return (f"{info['device']} (capability {info.get('capability')}), driver {info.get('driver')}, torch {info['torch']}, "
+            f"CUDA {info['cuda']}, {info['date_utc']}; dtype {info['dtype']}; each row: the fused kernel against the "
+            "PyTorch reference, eager and under torch.compile, in this process run")
+
+
+def write_reports(out: Path, info: dict, copy_gbps: float, results: list[Result]) -> tuple[str, list[str]]:
     md, checks = table(results, copy_gbps), goals(results)
-    report = {"device": device, "copy_gbps": copy_gbps, "results": [asdict(r) for r in results], "goals": checks}
+    report = {**info, "copy_gbps": copy_gbps, "results": [asdict(r) for r in results], "goals": checks}
     (out / "kernels_bench.json").write_text(json.dumps(report, indent=2))
     (out / "kernels_bench.md").write_text(
-        f"# Kernel benchmark on {device}\n\n{md}\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
+        f"# Kernel benchmark\n\n{_title(info)}\n\n{md}\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
     )
+    # This GPU's entry for trainer/ops/auto_table.json (a --smoke run's names the CPU, which auto never looks up).
+    provenance = {k: info[k] for k in ("device", "capability", "driver", "torch", "cuda", "dtype", "sources", "git_commit")}
+    provenance.update(date=info["date_utc"][:10], source=str(out / "kernels_bench.json"))
+    (out / "auto_table_candidate.json").write_text(json.dumps(auto.entry_from_report(report, provenance), indent=2))
     return md, checks
 
 

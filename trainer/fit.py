@@ -51,7 +51,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     prepare_rank(logs=rd.logs, cache_dir=cfg.paths.cache_dir, on_gpu=device.on_gpu)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    kernel_mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
+    kernel_mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir), compiled=cfg.trainer.compile)
     datamodule = build.build_datamodule(cfg.data)
     net, spec = build.build_model(cfg.model, datamodule)
     plan = build.build_plan(cfg, net, device, proc.world_size)

@@ -126,12 +126,19 @@ at::Tensor bwd_cuda(const at::Tensor& grad_loss, const at::Tensor& logits, const
 
 // ---- fused linear + cross-entropy -------------------------------------------------------
 
-// Rows per chunk: chunk logits about the size of hidden (Liger-Kernel's rule), a power of two.
-int64_t chunk_rows(int64_t n, int64_t vocab, int64_t dim) {
-  const int64_t inc = std::max<int64_t>(1, (vocab + dim - 1) / dim);
-  const int64_t want = std::max<int64_t>(1, (n + inc - 1) / inc);
+// The logits of one chunk take at most this much memory (unless a single row is larger).
+constexpr int64_t kChunkLogitsBytes = int64_t{1} << 30;
+
+// Rows per chunk: the largest power of two whose logits fit kChunkLogitsBytes, or all rows.
+// Few, large chunks: every chunk adds its fp32 weight-gradient partial (read and written in
+// full, 4 * V * D bytes) and a matrix product with a short inner dimension; with chunks sized
+// like the hidden states instead (Liger-Kernel's rule) a 16384 x 4096 @ 128256 x 4096 loss takes
+// 32 chunks and spends more on those than on its products. `requested` > 0 overrides (benchmarks).
+int64_t chunk_rows(int64_t n, int64_t vocab, int64_t elem_size, int64_t requested) {
+  if (requested > 0) return std::min(requested, std::max<int64_t>(n, 1));
+  const int64_t fit = std::max<int64_t>(1, kChunkLogitsBytes / std::max<int64_t>(1, vocab * elem_size));
   int64_t c = 1;
-  while (c < want) c *= 2;
+  while (c * 2 <= fit) c *= 2;
   return std::min(c, std::max<int64_t>(n, 1));
 }
 
@@ -172,7 +179,8 @@ void chunk_fwd(const at::Tensor& logits, const at::Tensor& targets, at::Tensor& 
 // acc (fp32) += a @ b with low-precision a, b through addmm's out_dtype overload (cuBLAS
 // accumulates and writes fp32 directly). Looked up at run time: torch builds without it, or
 // whose version rejects an fp32 `self`, fall back. Verified once on a tiny product.
-bool addmm_fp32_out(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+// beta 0 (the first chunk): acc's old contents are not read, so it need not be initialised.
+bool addmm_fp32_out(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, int beta) {
   static std::atomic<int> state{-1};  // -1 unknown, 0 unusable, 1 verified
   if (state.load() == 0) return false;
   try {
@@ -186,7 +194,7 @@ bool addmm_fp32_out(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
       state.store(probe.eq(3).all().item<bool>() ? 1 : 0);
       if (state.load() == 0) return false;
     }
-    op.call(acc, a, b, at::kFloat, 1, 1, acc);
+    op.call(acc, a, b, at::kFloat, beta, 1, acc);
     return true;
   } catch (const c10::Error&) {
     state.store(0);
@@ -194,20 +202,24 @@ bool addmm_fp32_out(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
-void accumulate_grad_weight(at::Tensor& acc, const at::Tensor& grad_logits, const at::Tensor& h) {
+// acc = grad_logits^T @ h for the first chunk (acc uninitialised), acc += ... for the others: the
+// first chunk writes the accumulator instead of reading zeros and adding to them.
+void accumulate_grad_weight(at::Tensor& acc, const at::Tensor& grad_logits, const at::Tensor& h, bool first) {
   const at::Tensor gt = grad_logits.t();
   if (acc.scalar_type() == grad_logits.scalar_type()) {
-    acc.addmm_(gt, h);
+    first ? void(at::mm_out(acc, gt, h)) : void(acc.addmm_(gt, h));
   } else if (acc.is_cuda()) {
-    if (!addmm_fp32_out(acc, gt, h)) acc.add_(at::mm(gt, h));  // one rounding per chunk, fp32 sum
+    if (addmm_fp32_out(acc, gt, h, first ? 0 : 1)) return;
+    first ? void(acc.copy_(at::mm(gt, h))) : void(acc.add_(at::mm(gt, h)));  // one rounding per chunk, fp32 sum
   } else {
-    acc.addmm_(gt.to(acc.scalar_type()), h.to(acc.scalar_type()));
+    const at::Tensor a = gt.to(acc.scalar_type()), b = h.to(acc.scalar_type());
+    first ? void(at::mm_out(acc, a, b)) : void(acc.addmm_(a, b));
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd(const at::Tensor& hidden, const at::Tensor& weight,
                                                          const at::Tensor& targets, int64_t ignore_index,
-                                                         double z_loss, bool compute_grad) {
+                                                         double z_loss, bool compute_grad, int64_t chunk) {
   check_float(hidden, kFused, "hidden");
   TORCH_CHECK_VALUE(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1), kFused,
                     ": hidden must be (N, D) and weight (V, D), got ", hidden.sizes(), " and ", weight.sizes());
@@ -234,9 +246,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd(const at::Tensor& hidde
   at::Tensor grad_hidden = at::empty({compute_grad ? n : 0, dim}, hidden.options());
   // grad_weight sums over every chunk: accumulate in fp32 unless the weight already is.
   const auto gw_type = hidden.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_weight_acc = compute_grad ? at::zeros({vocab, dim}, weight.options().dtype(gw_type))
-                                            : at::empty({0, dim}, weight.options());
-  const int64_t step = chunk_rows(n, vocab, dim);
+  // Written by the first chunk (no rows, no chunk: zeros).
+  at::Tensor grad_weight_acc = !compute_grad ? at::empty({0, dim}, weight.options())
+                               : n == 0      ? at::zeros({vocab, dim}, weight.options().dtype(gw_type))
+                                             : at::empty({vocab, dim}, weight.options().dtype(gw_type));
+  TORCH_CHECK_VALUE(chunk >= 0, kFused, ": chunk_rows must be >= 0 (0: automatic), got ", chunk);
+  const int64_t step = chunk_rows(n, vocab, hidden.element_size(), chunk);
   for (int64_t start = 0; start < n; start += step) {
     const int64_t rows = std::min(step, n - start);
     const at::Tensor h = hidden.narrow(0, start, rows);
@@ -247,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd(const at::Tensor& hidde
       chunk_fwd_grad(logits, t, loss_c, inv_valid, ignore_index, z_loss);
       at::Tensor gh = grad_hidden.narrow(0, start, rows);
       at::mm_out(gh, logits, weight);
-      accumulate_grad_weight(grad_weight_acc, logits, h);
+      accumulate_grad_weight(grad_weight_acc, logits, h, /*first=*/start == 0);
     } else {
       chunk_fwd(logits, t, loss_c, ignore_index, z_loss);
     }
@@ -267,7 +282,7 @@ TORCH_LIBRARY_FRAGMENT(trainer_kernels, m) {
       "float z_loss) -> Tensor");
   m.def(
       "fused_linear_cross_entropy_fwd(Tensor hidden, Tensor weight, Tensor targets, int ignore_index, float z_loss, "
-      "bool compute_grad) -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
+      "bool compute_grad, int chunk_rows=0) -> (Tensor loss, Tensor grad_hidden, Tensor grad_weight)");
 }
 
 TORCH_LIBRARY_IMPL(trainer_kernels, CPU, m) {

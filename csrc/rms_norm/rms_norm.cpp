@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> bwd_cuda(const at::Tensor& grad_y, const at::
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor gx = at::empty_like(x);
   const bool aligned = rms_norm_vectorizable(xd, cols, {grad_y.data_ptr(), x.data_ptr(), w.data_ptr(), gx.data_ptr()});
-  const int blocks = rms_norm_bwd_blocks(rows, cols, xd, aligned);
+  const int blocks = rms_norm_bwd_blocks(rows, cols, xd, wd, aligned);
   at::Tensor partial = at::empty({blocks, cols}, x.options().dtype(at::kFloat));
   const cudaError_t err = launch_rms_norm_bwd(xd, wd, grad_y.data_ptr(), x.data_ptr(), w.data_ptr(),
                                               rstd.data_ptr<float>(), gx.data_ptr(), partial.data_ptr<float>(),

@@ -22,7 +22,7 @@ bool rms_norm_vectorizable(DType x_dtype, int64_t cols, std::initializer_list<co
 
 // Blocks the backward launches: the binding allocates (blocks, cols) fp32 for the partial
 // weight gradients, which it then sums over dim 0.
-int rms_norm_bwd_blocks(int64_t rows, int64_t cols, DType x_dtype, bool aligned);
+int rms_norm_bwd_blocks(int64_t rows, int64_t cols, DType x_dtype, DType w_dtype, bool aligned);
 
 cudaError_t launch_rms_norm_bwd(DType x_dtype, DType w_dtype, const void* grad_y, const void* x,
                                 const void* w, const float* rstd, void* grad_x, float* grad_w_partial,

@@ -1,14 +1,15 @@
 """The CUDA kernels on a GPU: accuracy against float64 references, relative to PyTorch's own
-low-precision error; every output element written; a 200-step convergence run of the GPT."""
-from __future__ import annotations
+low-precision error; every output element written.
 
-import math
+Elsewhere, marked gpu: the same ops on the layouts the model passes (tests/ops/test_kernels_layouts.py),
+the whole GPT's one-step gradients (tests/ops/test_kernels_model_grads.py) and training over seeds
+(tests/gpu/test_convergence_gpu.py)."""
+from __future__ import annotations
 
 import pytest
 import torch
 
 from trainer import ops
-from trainer.models.gpt import GPT, GPTConfig
 from trainer.ops import fused
 from trainer.ops import reference as ref
 
@@ -95,9 +96,12 @@ def test_swiglu(dtype, shape):
 
 
 def _targets(n, vocab, ignore_every=5, seed=0):
+    """Random targets with every ignore_every-th row ignored from row 1 on: row 0 always counts, so
+    a single row is a real target (not an all-ignored batch that checks nothing)."""
     g = torch.Generator(device=DEV).manual_seed(seed)
     t = torch.randint(0, vocab, (n,), device=DEV, generator=g)
-    t[::ignore_every] = -100
+    t[1::ignore_every] = -100
+    assert (t != -100).any()
     return t
 
 
@@ -105,10 +109,22 @@ def _targets(n, vocab, ignore_every=5, seed=0):
 @pytest.mark.parametrize("n,vocab", [(1, 5), (513, 50257), (256, 128256), (64, 4097)])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-4])
 def test_cross_entropy(dtype, n, vocab, z_loss):
-    logits, t = _randn(n, vocab, scale=4.0, dtype=dtype), _targets(n, vocab, ignore_every=5 if n > 1 else 10)
+    logits, t = _randn(n, vocab, scale=4.0, dtype=dtype), _targets(n, vocab, ignore_every=5)
     _check_against_torch(
         lambda x: fused.cross_entropy(x, t, -100, z_loss), lambda x: ref.cross_entropy(x, t, -100, z_loss), [logits], "ce"
     )
+
+
+@pytest.mark.parametrize("op", ["ce", "flce"])
+def test_every_target_ignored_gives_zero_loss_and_zero_gradients(op):
+    """All rows ignored (a batch of padding): loss 0 and zero gradients, not NaN (0 / 0)."""
+    h, w = _randn(8, 32, dtype=torch.bfloat16), _randn(100, 32, scale=0.2, dtype=torch.bfloat16, seed=1)
+    t = torch.full((8,), -100, device=DEV)
+    h.requires_grad_(), w.requires_grad_()
+    loss = fused.cross_entropy(h @ w.t(), t) if op == "ce" else fused.fused_linear_cross_entropy(h, w, t)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert h.grad.abs().max().item() == 0.0 and w.grad.abs().max().item() == 0.0
 
 
 def test_cross_entropy_huge_logits():
@@ -118,13 +134,14 @@ def test_cross_entropy_huge_logits():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n,dim,vocab", [(1, 64, 1000), (1000, 256, 32000), (4096, 1024, 50257)])
-def test_fused_linear_cross_entropy(dtype, n, dim, vocab):
+@pytest.mark.parametrize("n,dim,vocab,chunk_rows", [(1, 64, 1000, 0), (1000, 256, 32000, 0), (1000, 256, 32000, 300),
+                                                    (4096, 1024, 50257, 0)])
+def test_fused_linear_cross_entropy(dtype, n, dim, vocab, chunk_rows):
     h = _randn(n, dim, dtype=dtype)
     w = _randn(vocab, dim, scale=dim**-0.5, dtype=dtype, seed=1)
-    t = _targets(n, vocab, ignore_every=7 if n > 1 else 10)
+    t = _targets(n, vocab, ignore_every=7)
     _check_against_torch(
-        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, 1e-4),
+        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, 1e-4, chunk_rows=chunk_rows),
         lambda h, w: ref.fused_linear_cross_entropy(h, w, t, -100, 1e-4),
         [h, w],
         "flce",
@@ -193,87 +210,3 @@ def test_every_output_element_is_written(name):
 def test_out_of_range_target_gives_nan_loss_not_a_crash():
     loss, _ = torch.ops.trainer_kernels.cross_entropy_fwd(_randn(3, 10), torch.tensor([1, 10, -100], device=DEV), -100, 0.0)
     assert torch.isnan(loss[1]) and torch.isfinite(loss[0]) and loss[2] == 0
-
-
-# ---- convergence ----------------------------------------------------------------------------------
-
-
-def _pattern_batches(vocab: int, batch: int, seq: int, steps: int, seed: int = 0):
-    """Sequences that follow a fixed random permutation (next = perm[current]): learnable to ~0 loss."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(vocab, generator=g)
-    for _ in range(steps):
-        tok = torch.randint(0, vocab, (batch,), generator=g)
-        seqs = [tok]
-        for _ in range(seq):
-            tok = perm[tok]
-            seqs.append(tok)
-        data = torch.stack(seqs, dim=1)
-        yield data[:, :-1].to(DEV), data[:, 1:].to(DEV)
-
-
-def _train(mode: str, fused_loss: bool, steps: int = 200) -> list[float]:
-    ops.set_kernel_mode(mode)
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=256, seq_len=128, d_model=128, n_layers=4, n_heads=4, fused_loss=fused_loss)
-    model = GPT(cfg).to(DEV)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    losses = []
-    for idx, tgt in _pattern_batches(cfg.vocab_size, 16, cfg.seq_len, steps):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(idx, tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-def _one_step(mode: str, fused_loss: bool, dtype: torch.dtype, autocast: bool):
-    """Loss and every parameter gradient of the convergence model's first step."""
-    ops.set_kernel_mode(mode)
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=256, seq_len=128, d_model=128, n_layers=4, n_heads=4, fused_loss=fused_loss)
-    model = GPT(cfg).to(DEV, dtype)
-    idx, tgt = next(_pattern_batches(cfg.vocab_size, 16, cfg.seq_len, 1))
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(idx, tgt)
-    loss.backward()
-    return loss.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
-
-
-def test_gpt_step_gradients_are_as_accurate_as_the_reference():
-    """One step is not chaotic: every gradient of the fused run (all kernels, fused loss, bf16
-    autocast) is within twice the reference run's own bf16 error against a float64 run."""
-    loss_x, exact = _one_step("reference", False, torch.float64, autocast=False)
-    loss_r, grads_r = _one_step("reference", False, torch.float32, autocast=True)
-    loss_f, grads_f = _one_step("fused", True, torch.float32, autocast=True)
-    ops.set_kernel_mode("fused")
-    assert abs(loss_f - loss_x) <= 2 * abs(loss_r - loss_x) + 1e-3 * abs(loss_x)
-    for name, e in exact.items():
-        err_f = ((grads_f[name] - e).norm() / e.norm()).item()
-        err_r = ((grads_r[name] - e).norm() / e.norm()).item()
-        assert err_f <= 2 * err_r + 1e-4, f"{name}: fused relative error {err_f:.3g} vs reference {err_r:.3g}"
-
-
-def test_gpt_converges_with_kernels_as_without():
-    """200 steps end to end: both runs learn the task, and they agree while the curves can.
-
-    Past the first few dozen steps this run (lr 3e-3, loss spikes) is chaotic: multiplying the
-    embedding by (1 + 1e-6) moves the reference run's late 20-step means by 2-4x on the CPU
-    (bf16 autocast), e.g. 0.032 vs 0.137. So late windows are only required to have learned;
-    equivalence is asserted where it is not chaotic: the first window here, and every gradient
-    of a step in test_gpt_step_gradients_are_as_accurate_as_the_reference.
-    """
-    reference_curve = _train("reference", fused_loss=False)
-    fused_curve = _train("fused", fused_loss=True)
-    ops.set_kernel_mode("fused")
-    assert all(math.isfinite(v) for v in fused_curve)
-    window = 20
-    ref_means = [sum(reference_curve[i : i + window]) / window for i in range(0, 200, window)]
-    fused_means = [sum(fused_curve[i : i + window]) / window for i in range(0, 200, window)]
-    curves = f"reference {ref_means} vs fused {fused_means}"
-    assert abs(fused_means[0] - ref_means[0]) <= 0.05 * ref_means[0], f"the first steps differ: {curves}"
-    for name, means in (("reference", ref_means), ("fused", fused_means)):
-        # From ln(256) = 5.5 at init; a run that has learned the permutation is far below 0.3.
-        assert means[-1] < min(0.3, 0.1 * means[0]), f"the {name} run did not learn: {curves}"

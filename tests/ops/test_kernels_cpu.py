@@ -179,14 +179,15 @@ def test_cross_entropy_custom_ignore_index():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("n,dim,vocab", [(1, 8, 11), (37, 13, 123), (64, 32, 257)])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-3])
-def test_fused_linear_cross_entropy_matches_reference(dtype, n, dim, vocab, z_loss):
+@pytest.mark.parametrize("chunk_rows", [0, 5])  # the kernel's choice (one chunk here), and several with a short last one
+def test_fused_linear_cross_entropy_matches_reference(dtype, n, dim, vocab, z_loss, chunk_rows):
     g = torch.Generator().manual_seed(0)
     h = torch.randn(n, dim, generator=g).to(dtype)
     w = (torch.randn(vocab, dim, generator=g) / dim**0.5).to(dtype)
     t = _targets(n, vocab, ignore_every=4 if n > 1 else 0)
     # The reference rounds the logits to `dtype` before the fp32 loss; so does the fused chunk.
     _compare(
-        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, z_loss),
+        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, z_loss, chunk_rows=chunk_rows),
         lambda h, w: ref.fused_linear_cross_entropy(h, w, t, -100, z_loss),
         [h, w],
         dtype,
@@ -227,10 +228,12 @@ def test_gradcheck_cross_entropy():
     assert torch.autograd.gradcheck(lambda x: fused.cross_entropy(x, t, -100, 1e-2), (_d(6, 11),))
 
 
-def test_gradcheck_fused_linear_cross_entropy():
+@pytest.mark.parametrize("chunk_rows", [0, 3])
+def test_gradcheck_fused_linear_cross_entropy(chunk_rows):
     t = torch.tensor([1, -100, 3, 10, 0, 4, 2])
     assert torch.autograd.gradcheck(
-        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, 1e-2), (_d(7, 5), _d(11, 5, seed=1))
+        lambda h, w: fused.fused_linear_cross_entropy(h, w, t, -100, 1e-2, chunk_rows=chunk_rows),
+        (_d(7, 5), _d(11, 5, seed=1)),
     )
 
 
@@ -275,8 +278,23 @@ def test_binding_rejects_odd_head_dim_and_wrong_tables():
         torch.ops.trainer_kernels.rotary(q, q, torch.ones(3, 2), torch.ones(3, 2, dtype=torch.float64), False)
 
 
+def test_binding_rejects_a_negative_chunk_size():
+    h, w, t = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="chunk_rows must be >= 0"):
+        torch.ops.trainer_kernels.fused_linear_cross_entropy_fwd(h, w, t, -100, 0.0, True, -1)
+
+
 def test_binding_rejects_mismatched_linear_shapes():
     with pytest.raises(ValueError, match=r"hidden must be \(N, D\) and weight \(V, D\)"):
         torch.ops.trainer_kernels.fused_linear_cross_entropy_fwd(
             torch.randn(4, 8), torch.randn(10, 9), torch.zeros(4, dtype=torch.long), -100, 0.0, True
         )
+
+
+def test_fused_linear_cross_entropy_of_no_rows_has_zero_gradients():
+    h = torch.randn(0, 8, requires_grad=True)
+    w = torch.randn(30, 8, requires_grad=True)
+    loss = fused.fused_linear_cross_entropy(h, w, torch.empty(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.shape == (0, 8)
+    assert w.grad is not None and torch.count_nonzero(w.grad) == 0

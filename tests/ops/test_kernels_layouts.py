@@ -4,7 +4,8 @@ The per-op tests feed contiguous tensors and contiguous upstream gradients. In a
 inputs are views (q/k from qkv.split().view().transpose(), slices, transposes, broadcasts)
 and autograd hands the backward whatever layout the consumer produced: transposed, strided,
 or expanded with stride 0 (the gradient of a sum or mean). Every op here sees such inputs and
-such gradients; outputs and every input gradient must match the reference path.
+such gradients; outputs and every input gradient must match the reference path. Every case runs
+on the CPU (the C++ paths) and, marked gpu, on CUDA (the kernels; float64 is CPU-only there).
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from trainer.ops import reference as ref
 pytestmark = pytest.mark.usefixtures("kernels_loaded")
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]),
+]
 TOL = {
     torch.float64: dict(rtol=1e-10, atol=1e-10),
     torch.float32: dict(rtol=1e-5, atol=1e-5),
@@ -26,8 +31,21 @@ TOL = {
 }
 
 
+_DEVICE = {"name": "cpu"}  # the device of the running test (set by the autouse fixture below)
+
+
+@pytest.fixture(autouse=True, params=DEVICES)
+def device(request):
+    """Every case on each device."""
+    if request.param == "cuda" and request.node.callspec.params.get("dtype") == torch.float64:
+        pytest.skip("the CUDA kernels take float32, float16 and bfloat16 (float64 is the CPU path's)")
+    _DEVICE["name"] = request.param
+    yield request.param
+    _DEVICE["name"] = "cpu"
+
+
 def _randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype).to(_DEVICE["name"])
 
 
 def _grad_like(out: torch.Tensor, layout: str, seed: int) -> torch.Tensor:
@@ -77,7 +95,7 @@ GRAD_LAYOUTS = ["contiguous", "transposed", "strided", "expanded"]
 def _rope_tables(T: int, hs: int):
     inv = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
     ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
-    return ang.cos(), ang.sin()
+    return ang.cos().to(_DEVICE["name"]), ang.sin().to(_DEVICE["name"])
 
 
 # Each case: the leaves, and a function from leaves to the op's inputs as non-contiguous views.
@@ -165,7 +183,7 @@ def test_swiglu_on_views(dtype, grad_layout):
 @pytest.mark.parametrize("grad_layout", ["contiguous", "expanded"])
 def test_cross_entropy_on_transposed_logits(dtype, grad_layout):
     N, V = 9, 31
-    t = torch.randint(0, V, (2 * N,), generator=torch.Generator().manual_seed(2))[::2]  # strided targets
+    t = torch.randint(0, V, (2 * N,), generator=torch.Generator().manual_seed(2)).to(_DEVICE["name"])[::2]  # strided
     t[3] = -100
     logits = 2 * _randn(V, N, dtype=dtype, seed=0)
     # A scalar loss times a factor: the upstream gradient of a scaled / averaged loss.
@@ -182,12 +200,12 @@ def test_cross_entropy_on_transposed_logits(dtype, grad_layout):
 def test_fused_linear_cross_entropy_on_views_and_tied_weight(dtype):
     """hidden transposed in memory, weight a strided slice and also used a second time
     (an embedding lookup, as with tied embeddings), loss scaled like gradient accumulation."""
-    N, D, V = 40, 8, 300  # several chunks: the chunk size is a power of two below N
+    N, D, V = 40, 8, 300
     hidden = _randn(D, N, dtype=dtype, seed=0)
     weight = _randn(V, 2 * D, dtype=dtype, seed=1) / D**0.5
-    t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2))
+    t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2)).to(_DEVICE["name"])
     t[::7] = -100
-    idx = torch.randint(0, V, (5,), generator=torch.Generator().manual_seed(3))
+    idx = torch.randint(0, V, (5,), generator=torch.Generator().manual_seed(3)).to(_DEVICE["name"])
 
     def model(lce):
         def fn(h, w):
@@ -197,8 +215,10 @@ def test_fused_linear_cross_entropy_on_views_and_tied_weight(dtype):
 
         return fn
 
-    _check(model(fused.fused_linear_cross_entropy), model(ref.fused_linear_cross_entropy), [hidden, weight],
-           "contiguous", dtype)
+    def several_chunks(h, w, t):  # 6 chunks, the last one short
+        return fused.fused_linear_cross_entropy(h, w, t, chunk_rows=7)
+
+    _check(model(several_chunks), model(ref.fused_linear_cross_entropy), [hidden, weight], "contiguous", dtype)
 
 
 def test_fused_linear_cross_entropy_under_autocast_matches_the_unfused_loss():
@@ -207,11 +227,11 @@ def test_fused_linear_cross_entropy_under_autocast_matches_the_unfused_loss():
     N, D, V = 64, 16, 96
     hidden = _randn(N, D, dtype=torch.float32, seed=0)
     weight = _randn(V, D, dtype=torch.float32, seed=1) / D**0.5
-    t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2))
+    t = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2)).to(_DEVICE["name"])
 
     def under_autocast(fn):
         def run(h, w):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(_DEVICE["name"], dtype=torch.bfloat16):
                 return fn(h, w)
 
         return run

@@ -50,7 +50,7 @@ def _cross_entropy_bwd_fake(grad_loss, logits, targets, stats, ignore_index, z_l
     return logits.new_empty(logits.shape)
 
 
-def _fused_linear_cross_entropy_fwd_fake(hidden, weight, targets, ignore_index, z_loss, compute_grad):
+def _fused_linear_cross_entropy_fwd_fake(hidden, weight, targets, ignore_index, z_loss, compute_grad, chunk_rows=0):
     n, d = hidden.shape
     v = weight.shape[0]
     return (
@@ -137,7 +137,8 @@ def _fused_lce_backward(ctx, grad_loss, _gh, _gw):
     grad_hidden, grad_weight = ctx.saved_tensors
     if grad_hidden.numel() == 0 and grad_weight.numel() == 0:
         raise RuntimeError("fused_linear_cross_entropy ran without gradients (compute_grad=False)")
-    return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None, None, None
+    return (grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype),
+            None, None, None, None, None)
 
 
 def register() -> None:
@@ -217,7 +218,9 @@ def fused_linear_cross_entropy(
     targets: torch.Tensor,
     ignore_index: int = -100,
     z_loss: float = 0.0,
+    chunk_rows: int = 0,
 ) -> torch.Tensor:
+    """chunk_rows: tokens per chunk; 0 lets the kernel choose (about 1 GiB of logits at a time)."""
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
         # Autocast does not reach inside a custom op: cast as it would cast the matmul.
@@ -226,6 +229,6 @@ def fused_linear_cross_entropy(
     compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     loss, _gh, _gw = torch.ops.trainer_kernels.fused_linear_cross_entropy_fwd(
         hidden.contiguous(), weight.contiguous(), targets.long().contiguous(), int(ignore_index), float(z_loss),
-        compute_grad,
+        compute_grad, int(chunk_rows),
     )
     return loss
