@@ -147,7 +147,8 @@ def build_module(cfg: DictConfig, net, plan: StrategyPlan):
         return TrainModule(net, **arguments)
     params = signature_params(import_target("module", cfg.module._target_))
     fills = {k: v for k, v in arguments.items() if (params is None or k in params) and k not in cfg.module}
-    return instantiate(cfg.module, net=net, **fills)
+    # Built as a partial, then called: Hydra would turn the optimizer class into a config value on the way.
+    return instantiate(cfg.module, _partial_=True)(net=net, **fills)
 
 
 # --------------------------------------------------------------------------- callbacks and loggers

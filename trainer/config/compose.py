@@ -47,7 +47,7 @@ def complete_target_sections(cfg: DictConfig) -> None:
     """
     from omegaconf import open_dict
 
-    for section in TARGET_SECTIONS:
+    for section in ("model", "data"):  # `module` takes the optim section's values where it leaves them out (build.py)
         node = cfg.get(section)
         if node is None or "_target_" not in node:
             continue
