@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -22,10 +21,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launch.config import LauncherConfig
+from trainer.config_location import config_dir
 from trainer.errors import UserError, closest
 from trainer.observability.config import ObservabilityConfig, check_observability_config
 
-CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_DIR = config_dir()
 
 # Model constructor arguments that may stay null in the config: the trainer fills them from the data.
 DATA_DERIVED = ("vocab_size", "num_features", "num_classes")
