@@ -9,7 +9,8 @@
 #
 # Settings: IMAGE (localhost/trainer:cpu), EXTRAS (deepspeed), TORCH_BUILD (cpu, or default when the host's
 # pip configuration offers a local torch wheel of the pinned version), CONTAINER_CACHE
-# (/var/cache/trainer-container). Needs root, podman, runc and mmdebstrap (scripts/ci_system_deps.sh).
+# (/var/cache/trainer-container), BASE_TAG (by default one per day and inputs), BUILD_CONTEXT (.: the
+# source tree to build), BUILD_FLAGS (more `podman build` flags, e.g. --no-cache). Needs root, podman, runc and mmdebstrap (scripts/ci_system_deps.sh).
 # Docker: `docker build --build-arg BASE_IMAGE=... .` builds the same Dockerfile (README, "The container").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +31,7 @@ podman_() { podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
 base_tag() {
   # One base per day and per inputs: the Debian archive moves; rebuilding once a day keeps security fixes.
+  if [ -n "${BASE_TAG:-}" ]; then echo "$BASE_TAG"; return; fi
   local key
   key=$(printf '%s %s %s' "$SUITE" "$BASE_PACKAGES" "$(date -u +%Y%m%d)" | sha256sum | cut -c1-12)
   echo "localhost/trainer-base:$SUITE-$key"
@@ -67,13 +69,17 @@ build_image() {
   conf=$(mktemp -d)
   trap 'rm -rf "$conf"' RETURN
   while read -r m; do mounts+=(-v "$m"); done < <(python3 scripts/host_pip_settings.py "$conf")
-  sha=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-  dirty=$( [ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo false || echo true)
+  local context=${BUILD_CONTEXT:-.}
+  sha=$(git -C "$context" rev-parse HEAD 2>/dev/null || echo unknown)
+  dirty=$(git -C "$context" status --porcelain --untracked-files=no 2>/dev/null || echo unknown)
+  case "$dirty" in unknown) ;; "") dirty=false ;; *) dirty=true ;; esac
   echo "container: building $IMAGE from $base (git $sha, dirty=$dirty)" >&2
-  podman_ build --isolation=chroot --format docker --pull=never --layers -t "$IMAGE" -f Dockerfile \
+  # shellcheck disable=SC2086
+  podman_ build --isolation=chroot --format docker --pull=never --layers ${BUILD_FLAGS:-} -t "$IMAGE" \
+    -f "$context/Dockerfile" \
     --build-arg BASE_IMAGE="$base" --build-arg TORCH_BUILD="$(torch_build)" --build-arg EXTRAS="$EXTRAS" \
     --build-arg GIT_SHA="$sha" --build-arg GIT_DIRTY="$dirty" \
-    --build-arg PIP_CONFIG_FILE=/run/host-pip/conf/pip.conf "${mounts[@]}" . >&2
+    --build-arg PIP_CONFIG_FILE=/run/host-pip/conf/pip.conf "${mounts[@]}" "$context" >&2
   echo "$IMAGE"
 }
 
