@@ -44,7 +44,7 @@ def image() -> str:
     probe = podman("info", timeout=60, check=False)
     if probe.returncode != 0:
         pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-300:]}")
-    # No extras: these tests need no DeepSpeed, and a cold build (a fresh machine) is a minute shorter.
+    # No extras: these tests need no DeepSpeed, and a cold build (on a fresh machine) skips building it.
     env = {**os.environ, "IMAGE": IMAGE, "EXTRAS": "", "WANDB_API_KEY": BUILD_CANARY}
     r = subprocess.run(["bash", CONTAINER_SH, "image"], env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"image build failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
