@@ -82,7 +82,7 @@ def run_python(code: str, cwd: Path, **env: str) -> str:
 
 
 def test_a_source_checkout_reads_its_own_configs_and_the_variable_overrides_them(tmp_path):
-    code = "from trainer.config_location import config_dir; print(config_dir())"
+    code = "from trainer.config.compose import config_dir; print(config_dir())"
     assert run_python(code, ROOT) == str(ROOT / "configs")
     assert run_python(code, ROOT, TRAINER_CONFIG_DIR=str(tmp_path)) == str(tmp_path)
 
@@ -93,5 +93,5 @@ def test_without_a_checkout_the_installed_configs_are_used(tmp_path):
 
     shutil.copytree(ROOT / "trainer", tmp_path / "trainer", ignore=shutil.ignore_patterns("__pycache__", "_prebuilt"))
     (tmp_path / "trainer_configs").mkdir()
-    code = "import trainer.config_location as c; assert c.__file__.startswith(%r); print(c.config_dir())" % str(tmp_path)
+    code = "import trainer.config.compose as c; assert c.__file__.startswith(%r); print(c.config_dir())" % str(tmp_path)
     assert run_python(code, tmp_path, PYTHONPATH=str(tmp_path)) == str(tmp_path / "trainer_configs")

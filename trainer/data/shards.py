@@ -20,6 +20,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from trainer.errors import UserError
+from trainer.files import atomic_write_json, fsync_path
 
 META = "meta.json"
 SPLITS = ("train", "val")
@@ -78,11 +79,11 @@ def ensure_shards(root: Path, fingerprint: str, build: Callable[[Path], dict]) -
             tmp = Path(tempfile.mkdtemp(prefix=f"{fingerprint}.tmp-", dir=root))
             try:
                 meta = build(tmp)
-                _write_json_durably(tmp / META, meta)
+                atomic_write_json(tmp / META, meta)
                 if final.exists():  # a leftover without meta.json: never completed, safe to replace under the lock
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-                _fsync_dir(root)
+                fsync_path(root)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -100,19 +101,3 @@ def write_tokens(directory: Path, split: str, tokens: np.ndarray) -> None:
         tokens.tofile(f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_json_durably(path: Path, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
