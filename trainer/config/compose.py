@@ -6,6 +6,7 @@ choices, the full key, the parse failure), never from their message text.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import typing
 from dataclasses import fields, is_dataclass
@@ -18,7 +19,25 @@ from trainer.config.schema import TrainConfig, register_schema
 from trainer.config.validate import TARGET_SECTIONS, import_target, signature_params, validate
 from trainer.errors import UserError, closest
 
-CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+INSTALLED_CONFIGS = "trainer_configs"  # configs/ as packaging ships it (setup.py)
+
+
+def config_dir() -> Path:
+    """Where the shipped configs are: $TRAINER_CONFIG_DIR when set; else the configs/ beside the `trainer`
+    package being run (a source checkout, so its code and configs always match); else the copy installed
+    with the package as `trainer_configs` (a non-editable or git-URL install)."""
+    if os.environ.get("TRAINER_CONFIG_DIR"):
+        return Path(os.environ["TRAINER_CONFIG_DIR"])
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if (checkout / "train.yaml").is_file():
+        return checkout
+    spec = importlib.util.find_spec(INSTALLED_CONFIGS)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout  # Hydra then says "Primary config directory not found" and names this path
+
+
+CONFIG_DIR = config_dir()
 
 register_schema()
 
