@@ -203,7 +203,9 @@ def build_data(cfg):
     """The configured data module, shards built (or found in the cache) and opened."""
     from hydra.utils import instantiate
 
-    dm = instantiate(cfg.data)
+    from trainer.config import target_node
+
+    dm = instantiate(target_node(cfg, "data"))
     dm.prepare_data()
     dm.setup("fit")
     return dm

@@ -23,6 +23,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launch.config import LauncherConfig
 from trainer.errors import UserError, closest
+from trainer.lifecycle.config import (DataQualityConfig, PipelineConfig, PromoteConfig, RegistryConfig,
+                                      check_lifecycle_config)
 from trainer.observability.config import ObservabilityConfig, check_observability_config
 
 CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
@@ -136,10 +138,16 @@ class TrainConfig:
     profiler: Any = None
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     launcher: Optional[LauncherConfig] = None  # set by `+launcher=torchrun|slurm|k8s` (launch/)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)  # where promoted models go (trainer/lifecycle)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    pipeline: Optional[PipelineConfig] = None  # set by `pipeline=retrain` (python -m trainer.pipeline)
 
 
 def register_schema() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    # Text data configs pull this in (`defaults: [quality: default]`) as data.quality.
+    cs.store(group="data/quality", name="default", node=DataQualityConfig)
 
 
 register_schema()
@@ -289,11 +297,12 @@ def validate(cfg: DictConfig) -> None:
     for section in ("model", "data"):
         if cfg.get(section) is None or "_target_" not in cfg[section]:
             raise UserError(f"the '{section}' config needs a _target_ (a class or factory to build it)")
-        check_target_kwargs(section, cfg[section])
+        check_target_kwargs(section, cfg[section], skip=OWNED_SUBSECTIONS.get(section, ()))
     if cfg.get("module") is not None:
         check_target_kwargs("module", cfg.module, skip=("net", "model"))
     _validate_model_shapes(cfg.model)
     check_observability_config(cfg.observability)
+    check_lifecycle_config(cfg)
     _validate_debug(cfg.get("debug"), t.devices * t.num_nodes)
     _validate_profiler(cfg.get("profiler"))
     _validate_data(cfg.data)
@@ -461,6 +470,20 @@ def _non_negative(key: str, value) -> None:
 def _one_of(key: str, value, options) -> None:
     if value not in options:
         raise UserError(f"{key}={value!r} is not one of {', '.join(map(str, options))}.{closest(str(value), options)}")
+
+
+# Framework-owned sub-sections of the open `_target_` sections: validated here, never passed to the target.
+OWNED_SUBSECTIONS = {"data": ("quality",)}
+
+
+def target_node(cfg: DictConfig, section: str) -> DictConfig:
+    """cfg[section] without the framework-owned keys: what hydra.utils.instantiate should build."""
+    node = cfg[section]
+    owned = [k for k in OWNED_SUBSECTIONS.get(section, ()) if k in node]
+    if not owned:
+        return node
+    resolved = OmegaConf.to_container(node, resolve=True)
+    return OmegaConf.create({k: v for k, v in resolved.items() if k not in owned})  # type: ignore[union-attr]
 
 
 def to_container(cfg: DictConfig) -> dict:
