@@ -111,7 +111,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
         from trainer.distributed.fsdp import fsdp_grad_clip_callback
 
         callbacks.append(fsdp_grad_clip_callback(t.gradient_clip_val))
-    callbacks += list(extra_callbacks)
+    from trainer.lifecycle.data_check import wandb_callbacks
+
+    callbacks += [*wandb_callbacks(run_dir), *extra_callbacks]
     loggers = build_loggers(
         run_dir,
         run_name=cfg.run.name,

@@ -58,6 +58,9 @@ def start_run(cfg: DictConfig, argv: list[str]) -> int:
         ))
     else:
         frozen = run_dir / "config.yaml"
+    from trainer.lifecycle.data_check import check_before_training
+
+    check_before_training(cfg, run_dir, proc.rank)  # data.quality: before any rank starts training
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     if proc.launcher is None and world > 1:
