@@ -59,3 +59,29 @@ def planted_corpus(root: Path, n_clean: int = 40, seed: int = 0) -> Planted:
         (root / name).write_bytes(data)
     p.names = sorted(texts)
     return p
+
+
+def stdlib_paragraphs() -> list[str]:
+    """This interpreter's stdlib sources cut at blank lines: ~18k real documents (code, comments, docstrings)."""
+    import re
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p for f in sorted(root.glob("*.py")) for p in re.split(r"\n\s*\n", f.read_text(errors="replace")) if p.strip()]
+
+
+def prose_paragraphs() -> list[str]:
+    """English prose every Python has: the language reference topics behind help() (pydoc_data)."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    return [p for text in topics.values() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def write_jsonl(path: Path, docs: list[str]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
