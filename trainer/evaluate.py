@@ -122,31 +122,30 @@ def count_bytes(tok, ids: np.ndarray, chunk: int = 1 << 16) -> int:
 
 
 def eval_data_config(run_dir: Path, overrides: Sequence[str] = ()):
-    """The run's frozen data config, with `data=OPTION` (a configs/data/ file) and `data.KEY=VALUE` applied."""
+    """The run's frozen data config, or with `data=OPTION` the configs/data/ option composed as training
+    would, with `data.KEY=VALUE` overrides applied; interpolations (${seed}, ${model.seq_len},
+    ${paths.cache_dir}) resolve against the run's frozen config."""
     from omegaconf import OmegaConf, open_dict
 
-    from trainer.config import CONFIG_DIR, check_target_kwargs, group_options
+    from trainer.config import check_target_kwargs, compose_config
     from trainer.tracking.run_dir import load_frozen
 
     cfg = load_frozen(run_dir / "config.yaml")
-    dotlist = []
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key == "data":
-            path = CONFIG_DIR / "data" / f"{value}.yaml"
-            if not path.is_file():
-                options = group_options("data")
-                raise UserError(f"unknown data option {value!r}.{closest(value, options)} Options: {', '.join(options)}.")
-            with open_dict(cfg):
-                cfg.data = OmegaConf.load(path)  # its ${model.seq_len}, ${seed}... resolve against the run
-        else:
-            dotlist.append(item)
-    try:
+    if any(o.split("=", 1)[0] == "data" for o in overrides):
+        composed = compose_config(list(overrides))  # the Hydra defaults of the option, and clear errors
         with open_dict(cfg):
-            cfg.merge_with_dotlist(dotlist)
-        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
-    except Exception as e:  # noqa: BLE001 - OmegaConf's many error types all mean a bad override
-        raise UserError(f"cannot apply {list(overrides)} to the run's data config: {str(e).splitlines()[0]}") from None
+            cfg.data = OmegaConf.create(OmegaConf.to_container(composed.data, resolve=False))
+    else:
+        try:
+            with open_dict(cfg):
+                cfg.merge_with_dotlist(list(overrides))
+        except Exception as e:  # noqa: BLE001 - OmegaConf's many error types all mean a bad override
+            raise UserError(f"cannot apply {list(overrides)} to the run's data config: {str(e).splitlines()[0]}") from None
+    try:
+        data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
+    except Exception as e:  # noqa: BLE001 - a missing value (???) or a broken interpolation
+        raise UserError(f"the data config for evaluation is incomplete: {str(e).splitlines()[0]} "
+                        "(give it as data.KEY=VALUE)") from None
     check_target_kwargs("data", data)
     return data
 
