@@ -7,12 +7,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
 VENV=${TRAINER_VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-stamp="$VENV/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ]; then exit 0; fi
+EXTRAS=${TRAINER_EXTRAS:-dev}  # comma-separated pyproject extras; scripts/test.sh adds eval (lm-evaluation-harness)
+base="$VENV/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+# Done if a stamp of this pyproject/script lists every extra asked for (test.sh's dev,eval covers train.sh's dev).
+for done in "$base".*; do
+  [ -f "$done" ] || continue
+  have=",${done##*.},"
+  missing=0
+  for e in ${EXTRAS//,/ }; do [[ "$have" == *",$e,"* ]] || missing=1; done
+  [ "$missing" = 0 ] && exit 0
+done
 echo "bootstrap: installing into $VENV (first run only)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
-rm -f "$VENV"/.installed-*
-touch "$stamp"
+"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+find "$VENV" -maxdepth 1 -name '.installed-*' ! -name "${base##*/}.*" -delete
+touch "$base.$EXTRAS"

@@ -29,3 +29,13 @@ def existing_run_dir(value: str) -> Path:
     if not (path / "config.yaml").is_file():
         raise UserError(f"run.dir={path} is not a run dir (no config.yaml there)")
     return path
+
+
+def parse_bool(value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(value)
+parse_bool.__name__ = "boolean (true or false)"

@@ -112,6 +112,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     csv: bool = True
+    log_checkpoint: bool = False  # log the final checkpoint as a W&B artifact model-<id> (exports always are)
 
 
 @dataclass

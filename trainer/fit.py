@@ -153,6 +153,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     )
 
     resume = pick_resume_checkpoint(ckpt_root, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
+    if resume is None:  # fine-tuning starts from model.init_from; a resumed run from its checkpoint
+        from trainer.models.llama_hf import apply_init_from
+
+        apply_init_from(net, model_spec)
     resume_state = None
     if resume:  # another world size or strategy: convert (DeepSpeed universal) or refuse, before any step
         from trainer.checkpoint.reshard import plan_resume
@@ -180,6 +184,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
+    if is_zero and cfg.logger.log_checkpoint and checkpointer.stopped_early is None and checkpointer.last_saved_step:
+        from trainer.tracking.artifacts import log_checkpoint_artifact
+
+        log_checkpoint_artifact(loggers, run_dir, ckpt_root, checkpointer.last_saved_step)
     if code == REQUEUE_EXIT:
         _leave_requeue_marker()
     if is_zero:

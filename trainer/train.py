@@ -38,6 +38,8 @@ def start_run(cfg: DictConfig, argv: list[str]) -> int:
     from trainer.tracking.run_dir import freeze_config, launcher_run_id, resolve_run_dir
 
     validate(cfg)
+    if cfg.model.get("init_from"):
+        _check_init_from(cfg)
     proc = detect()
     run_id = cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()
     if proc.launcher and proc.world_size > 1 and not (run_id or cfg.run.dir):
@@ -77,6 +79,24 @@ def start_run(cfg: DictConfig, argv: list[str]) -> int:
 
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     return run_fit(resolved, run_dir, run_id)  # type: ignore[arg-type]
+
+
+def _check_init_from(cfg: DictConfig) -> None:
+    """A fine-tuning start whose checkpoint cannot load fails here, before the run dir exists."""
+    from hydra.utils import instantiate
+
+    from trainer.models.llama_hf import check_hf_shapes, gpt_config_of
+
+    path = Path(cfg.model.init_from).expanduser().absolute()
+    with open_dict(cfg):
+        cfg.model.init_from = str(path)  # frozen absolute, like every path of a run
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    vocab = None
+    if model.get("vocab_size") is None:  # from the data's tokenizer, as the build step fills it
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        vocab = datamodule.vocab_size
+    check_hf_shapes(path, gpt_config_of(model, vocab))
 
 
 def _sweep_suffix(run_id: str | None) -> str | None:

@@ -31,6 +31,9 @@ class GPTConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     fused_loss: bool = False  # linear + cross-entropy without materialising all logits
+    # A Hugging Face Llama checkpoint directory to start from (fine-tuning). The trainer's build step
+    # loads it (trainer.models.llama_hf.load_hf_weights) after this model is constructed.
+    init_from: Optional[str] = None
 
     @property
     def head_dim(self) -> int:
@@ -182,9 +185,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
-        """Sample continuation tokens for idx (B, T). Recomputes the full window each step."""
+        """Sample continuation tokens for idx (B, T); temperature 0 is greedy. Recomputes the full window each step."""
         for _ in range(max_new_tokens):
             window = idx[:, -self.cfg.seq_len :]
+            if temperature == 0:
+                idx = torch.cat((idx, self(window)[:, -1, :].argmax(dim=-1, keepdim=True)), dim=1)
+                continue
             logits = self(window)[:, -1, :] / max(temperature, 1e-5)  # (B, V)
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
