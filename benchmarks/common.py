@@ -203,9 +203,7 @@ def build_data(cfg):
     """The configured data module, shards built (or found in the cache) and opened."""
     from hydra.utils import instantiate
 
-    from trainer.config import target_node
-
-    dm = instantiate(target_node(cfg, "data"))
+    dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
     return dm

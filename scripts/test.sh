@@ -5,7 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-TRAINER_EXTRAS=dev,eval scripts/bootstrap.sh
+TRAINER_EXTRAS=dev,eval,lifecycle scripts/bootstrap.sh
 # System packages for the cluster tests (SLURM, munge); needs root, skipped (tests skip too) elsewhere.
 if [ "$(id -u)" = 0 ] && [ -x scripts/ci_system_deps.sh ]; then scripts/ci_system_deps.sh || echo "system deps unavailable: cluster tests will skip" >&2; fi
 export WANDB_MODE=offline HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1

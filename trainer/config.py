@@ -298,7 +298,7 @@ def validate(cfg: DictConfig) -> None:
     for section in ("model", "data"):
         if cfg.get(section) is None or "_target_" not in cfg[section]:
             raise UserError(f"the '{section}' config needs a _target_ (a class or factory to build it)")
-        check_target_kwargs(section, cfg[section], skip=OWNED_SUBSECTIONS.get(section, ()))
+        check_target_kwargs(section, cfg[section])
     if cfg.get("module") is not None:
         check_target_kwargs("module", cfg.module, skip=("net", "model"))
     _validate_model_shapes(cfg.model)
@@ -471,20 +471,6 @@ def _non_negative(key: str, value) -> None:
 def _one_of(key: str, value, options) -> None:
     if value not in options:
         raise UserError(f"{key}={value!r} is not one of {', '.join(map(str, options))}.{closest(str(value), options)}")
-
-
-# Framework-owned sub-sections of the open `_target_` sections: validated here, never passed to the target.
-OWNED_SUBSECTIONS = {"data": ("quality",)}
-
-
-def target_node(cfg: DictConfig, section: str) -> DictConfig:
-    """cfg[section] without the framework-owned keys: what hydra.utils.instantiate should build."""
-    node = cfg[section]
-    owned = [k for k in OWNED_SUBSECTIONS.get(section, ()) if k in node]
-    if not owned:
-        return node
-    resolved = OmegaConf.to_container(node, resolve=True)
-    return OmegaConf.create({k: v for k, v in resolved.items() if k not in owned})  # type: ignore[union-attr]
 
 
 def to_container(cfg: DictConfig) -> dict:

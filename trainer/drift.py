@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str]) -> dict:
     from trainer.cli_args import parse_kv
+    from trainer.lifecycle import require
     from trainer.lifecycle.config import DriftConfig, check_drift_config, keys_of
+
+    require("scipy", "python -m trainer.drift")
     from trainer.lifecycle.drift import html_page, measure, summary_lines
 
     keys = {"reference": str, "current": str, "out": Path, "file_glob": str, "text_field": str, **keys_of("drift", DriftConfig)}

@@ -62,9 +62,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir))
 
-    from trainer.config import target_node
-
-    datamodule = _instantiate(target_node(cfg, "data"), "data")
+    datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
     datamodule.setup("fit")
     net, model_spec = _build_model(cfg.model, datamodule)

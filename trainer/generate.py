@@ -22,9 +22,7 @@ def generate(run_dir, prompt: str, tokens: int, temperature: float, top_k: int, 
         raise UserError(f"{type(net).__name__} is not a language model (it has no generate method)")
     net.load_state_dict(load_model_state(newest_checkpoint(run_dir)))
     net.eval()
-    from trainer.config import target_node
-
-    datamodule = instantiate(target_node(cfg, "data"))
+    datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # reuses the cached shards and tokenizer
     ids = datamodule.encode(prompt) or [0]
     torch.manual_seed(seed)

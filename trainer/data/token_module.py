@@ -44,6 +44,7 @@ class TokenDataModule(pl.LightningDataModule):
         file_glob: str | None = None,  # which files of a directory (default: all, recursively)
         num_proc: int = 1,  # processes for tokenization
         batch_delay_s: float = 0.0,  # debug: sleep per micro-batch in the loader, to make a run input-bound
+        quality: dict | None = None,  # thresholds of the data check before training (trainer/lifecycle); carried only
     ):
         super().__init__()
         check_tokenizer_args(tokenizer, bpe_vocab_size)
@@ -58,6 +59,7 @@ class TokenDataModule(pl.LightningDataModule):
         self.seq_len, self.batch_size, self.val_fraction, self.val_batches = seq_len, batch_size, val_fraction, val_batches
         self.num_workers, self.seed, self.cache_dir = num_workers, seed, cache_dir
         self.text_field, self.file_glob, self.num_proc, self.batch_delay_s = text_field, file_glob, num_proc, batch_delay_s
+        self.quality = quality
         self._shards: Shards | None = None
         self._tokenizer: Tokenizer | None = None
         self.built_shards = False  # whether this process built them (others reused them)

@@ -43,7 +43,7 @@ def document_checks(texts: list[str], is_val: np.ndarray | None, q: DataQualityC
     representative = {i: g[0] for g in exact_groups for i in g}  # each copy -> the first of its group
     candidates = [i for i in range(n) if texts[i].strip() and representative.get(i, i) == i]
     doc_words = [words(t) for t in texts]
-    near_pairs = _near_duplicate_pairs(candidates, doc_words, q)
+    near_pairs = _near_duplicate_pairs(candidates, doc_words, q) if _has_datasketch() else []
     near_clusters = _clusters(near_pairs)
     word_counts = [len(w) for w in doc_words]
     mean_word_len = [float(np.mean([len(x) for x in w])) if w else 0.0 for w in doc_words]
@@ -56,7 +56,8 @@ def document_checks(texts: list[str], is_val: np.ndarray | None, q: DataQualityC
         "undecodable": {"count": len(undecodable), "documents": undecodable},
         "exact_duplicates": {"count": sum(len(g) - 1 for g in exact_groups), "groups": exact_groups},
         "near_duplicates": {"count": sum(len(c) - 1 for c in near_clusters), "clusters": near_clusters,
-                            "pairs": [{"a": a, "b": b, "jaccard": round(j, 4)} for a, b, j in near_pairs]},
+                            "pairs": [{"a": a, "b": b, "jaccard": round(j, 4)} for a, b, j in near_pairs],
+                            **({} if _has_datasketch() else {"skipped": NO_DATASKETCH})},
         "lengths": {"chars": summary(len(t) for t in texts), "words": summary(word_counts),
                     "histogram_words": _log2_histogram(word_counts)},
         "length_outliers": {"count": len(length_outliers), "documents": length_outliers},
@@ -66,6 +67,15 @@ def document_checks(texts: list[str], is_val: np.ndarray | None, q: DataQualityC
         out["split"] = {"train_documents": int(n - is_val.sum()), "val_documents": int(is_val.sum())}
         out["leakage"] = _leakage(is_val, exact_groups, near_pairs, representative)
     return out
+
+
+NO_DATASKETCH = "not checked: datasketch is not installed (pip install -e '.[lifecycle]')"
+
+
+def _has_datasketch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("datasketch") is not None
 
 
 def _exact_groups(texts: list[str]) -> list[list[int]]:
@@ -194,7 +204,8 @@ def judge(found: dict[str, Any], q: DataQualityConfig) -> list[dict[str, Any]]:
         share = found[name]["count"] / total if total else 0.0
         limit = getattr(q, key)
         rows.append({"check": name, "count": found[name]["count"], "value": round(share, 4), "threshold": limit,
-                     "key": f"data.quality.{key}", "passed": share <= limit})
+                     "key": f"data.quality.{key}", "passed": share <= limit,
+                     **({"note": found[name]["skipped"]} if "skipped" in found[name] else {})})
     return rows
 
 
@@ -238,7 +249,7 @@ def cached_checks(data: dict, q: DataQualityConfig) -> tuple[dict[str, Any], boo
     from trainer.data.shards import cache_root
 
     dm = open_data_module(data)
-    key = hashlib.sha256(json.dumps({"format": REPORT_FORMAT, "data": dm.fingerprint, "q": asdict(q)},
+    key = hashlib.sha256(json.dumps({"format": REPORT_FORMAT, "data": dm.fingerprint, "q": asdict(q), "near": _has_datasketch()},
                                     sort_keys=True).encode()).hexdigest()[:16]
     root = cache_root(data.get("cache_dir")) / "quality"
     root.mkdir(parents=True, exist_ok=True)
@@ -272,6 +283,8 @@ def summary_line(report: dict[str, Any]) -> str:
              f"{f['exact_duplicates']['count']} exact and {f['near_duplicates']['count']} near duplicates"]
     if "leakage" in f:
         parts.append(f"{f['leakage']['count']} of {f['leakage']['val_documents']} validation documents leaked")
+    if "skipped" in f["near_duplicates"]:
+        parts.append(f"near duplicates {f['near_duplicates']['skipped']}")
     return ", ".join(parts)
 
 
