@@ -90,6 +90,7 @@ class PromoteConfig:
 class PipelineConfig:
     """`python -m trainer.pipeline [pipeline=retrain]`: steps run in order, each skipped when up to date."""
 
+    name: str = "retrain"  # names the run dirs: <runs_dir>/<run.name>/<name>-<hash of the inputs>
     steps: List[str] = field(default_factory=lambda: list(PIPELINE_STEPS))
     model_name: Optional[str] = None  # the registered model; None: run.name
     trigger: str = "always"  # always | drift: run only when `current` data drifted from drift_reference

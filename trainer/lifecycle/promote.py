@@ -113,7 +113,8 @@ def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, by: st
             raise _no_bar(model)
         champ = _evaluate_version(ctx.registry, champion, tokens) if champion else None
         decision, reason = decide(candidate[p.metric], champ[p.metric] if champ else None, p)
-        tags = {**lineage, **{f"eval.{k}": v for k, v in candidate.items()}, "eval.metric": p.metric,
+        tags = {**lineage, "checkpoint.step": step, "export.sha256": export_sha,
+                **{f"eval.{k}": candidate[k] for k in EVAL_KEYS}, "eval.metric": p.metric,
                 "eval.tokens_fingerprint": tokens.fingerprint, "eval.tokens_source": json.dumps(tokens.source, sort_keys=True),
                 "tokenizer": tokens.tokenizer}
         version = existing or ctx.registry.register(model, export_dir, run_name=lineage["trainer.run_id"], tags=tags,

@@ -1,0 +1,175 @@
+"""Reproduce a run: compare the environment with its manifest, re-run its frozen config, compare the results.
+
+1. Environment: git sha and dirty flag, package versions, Python, torch/CUDA, CPU count (thread
+   count sets the order of floating-point reductions on CPU) and the data fingerprint, each
+   difference named with its recorded and current value.
+2. Re-run: the frozen <run_dir>/config.yaml, with only run.dir and run.id changed, into a new run
+   dir, through the same entry as `python -m trainer.train` (validate, freeze, manifest, data check, fit).
+3. Compare: the final weights tensor by tensor (bitwise on CPU; on GPU within `atol`, since
+   cuDNN/cuBLAS kernels are not bitwise deterministic), the training summary's losses, and both
+   runs evaluated on the same held-out tokens.
+4. Verdict: reproduced (bitwise | within tolerance) or not, with the differences that may explain it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+REPRODUCED_EXIT, NOT_REPRODUCED_EXIT = 0, 3
+
+
+def environment_differences(run_dir: Path) -> list[dict[str, Any]]:
+    """Every way this environment differs from the one recorded in <run_dir>/manifest.json."""
+    from trainer.tracking.manifest import device_info, git_state, package_versions
+
+    manifest = read_manifest(run_dir)
+    now_git = git_state(Path(__file__).resolve().parents[2])
+    rec_git = manifest.get("git") or {}
+    diffs: list[dict[str, Any]] = []
+
+    def differ(what: str, recorded: Any, now: Any) -> None:
+        if recorded != now:
+            diffs.append({"what": what, "recorded": recorded, "now": now})
+
+    differ("git.sha", rec_git.get("sha"), now_git.get("sha"))
+    differ("git.dirty", rec_git.get("dirty"), now_git.get("dirty"))
+    now_packages = package_versions()
+    for name in sorted(set(manifest.get("packages") or {}) | set(now_packages)):
+        differ(f"packages.{name}", (manifest.get("packages") or {}).get(name), now_packages.get(name))
+    differ("python", manifest.get("python"), platform.python_version())
+    rec_dev, now_dev = manifest.get("device") or {}, device_info()
+    for key in ("torch", "cuda", "cuda_available", "gpus", "driver"):
+        differ(f"device.{key}", rec_dev.get(key), now_dev.get(key))
+    import os
+
+    differ("cpu_count", manifest.get("cpu_count"), os.cpu_count())
+    differ("data_fingerprint", manifest.get("data_fingerprint"), current_data_fingerprint(run_dir))
+    return diffs
+
+
+def current_data_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint the run's data config gives today (None when its data module has none)."""
+    from hydra.utils import instantiate
+
+    from trainer.tracking.run_dir import load_frozen
+
+    dm = instantiate(load_frozen(run_dir / "config.yaml").data)
+    if not hasattr(dm, "prepare_data"):
+        return None
+    dm.prepare_data()
+    return getattr(dm, "fingerprint", None)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no manifest.json: reproduce needs a run dir written by python -m trainer.train")
+    return json.loads(path.read_text())
+
+
+def rerun(run_dir: Path, new_dir: Path) -> int:
+    """Train the frozen config again into new_dir (in this process); returns the training exit code."""
+    from omegaconf import open_dict
+
+    from trainer.tracking.run_dir import load_frozen
+    from trainer.train import start_run
+
+    cfg = load_frozen(run_dir / "config.yaml")
+    with open_dict(cfg):
+        cfg.run.dir, cfg.run.id = str(new_dir), new_dir.name
+        cfg.run.stop_after_steps = None  # the run as it ended, not the interruption drill that may have made it
+    return start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])
+
+
+def compare_weights(a_dir: Path, b_dir: Path) -> dict[str, Any]:
+    """Tensor-by-tensor comparison of the newest valid checkpoints of two runs."""
+    import torch
+
+    from trainer.checkpoint.weights import load_model_state, newest_checkpoint
+
+    a_info, b_info = newest_checkpoint(a_dir), newest_checkpoint(b_dir)
+    a, b = load_model_state(a_info), load_model_state(b_info)
+    out: dict[str, Any] = {"steps": [a_info.step, b_info.step], "tensors": len(a), "missing": sorted(set(a) ^ set(b)),
+                           "differing": [], "max_abs_diff": 0.0}
+    for key in sorted(set(a) & set(b)):
+        x, y = a[key], b[key]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            out["differing"].append(key)
+            out["max_abs_diff"] = math.inf
+            continue
+        if not torch.equal(x, y):
+            out["differing"].append(key)
+            out["max_abs_diff"] = max(out["max_abs_diff"], float((x.double() - y.double()).abs().max()))
+    out["bitwise"] = not out["differing"] and not out["missing"] and a_info.step == b_info.step
+    return out
+
+
+def compare_metrics(a_dir: Path, b_dir: Path, max_tokens: int | None) -> dict[str, Any]:
+    """The training summaries' losses and both runs evaluated on the original's held-out tokens."""
+    from trainer.evaluate import evaluate, held_out_tokens
+
+    out: dict[str, Any] = {}
+    sa, sb = (read_manifest(d).get("summary") or {} for d in (a_dir, b_dir))
+    for key in ("final_train_loss", "final_val_loss", "steps"):
+        out[key] = [sa.get(key), sb.get(key)]
+    tokens = held_out_tokens(a_dir, "val", max_tokens)
+    ea, eb = evaluate(a_dir, tokens), evaluate(b_dir, tokens)
+    out["eval"] = {"tokens_fingerprint": tokens.fingerprint, "tokens": len(tokens.ids),
+                   "loss": [ea["loss"], eb["loss"]], "bits_per_byte": [ea["bits_per_byte"], eb["bits_per_byte"]]}
+    return out
+
+
+def verdict(weights: dict[str, Any], metrics: dict[str, Any], on_gpu: bool, atol: float) -> tuple[bool, str]:
+    loss_a, loss_b = metrics["eval"]["loss"]
+    if weights["missing"] or weights["steps"][0] != weights["steps"][1]:
+        return False, f"NOT REPRODUCED: the runs ended at steps {weights['steps']} with parameter names differing: {weights['missing'][:5]}"
+    if weights["bitwise"] and loss_a == loss_b:
+        return True, f"REPRODUCED: all {weights['tensors']} weight tensors bitwise identical; eval loss {loss_a:.6f} in both"
+    if on_gpu and weights["max_abs_diff"] <= atol:
+        return True, (f"REPRODUCED within tolerance (GPU): max |weight difference| {weights['max_abs_diff']:.3g} <= atol={atol}; "
+                      f"eval loss {loss_a:.6f} vs {loss_b:.6f}")
+    bound = "bitwise on CPU" if not on_gpu else f"atol={atol} on GPU"
+    return False, (f"NOT REPRODUCED ({bound}): {len(weights['differing'])} of {weights['tensors']} tensors differ, max |difference| "
+                   f"{weights['max_abs_diff']:.3g}; eval loss {loss_a:.6f} vs {loss_b:.6f}")
+
+
+def on_gpu_run(run_dir: Path) -> bool:
+    """The rule trainer.fit applies: accelerator gpu/cuda, or auto with CUDA visible."""
+    import torch
+
+    from trainer.tracking.run_dir import load_frozen
+
+    acc = load_frozen(run_dir / "config.yaml").trainer.accelerator
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
+def reproduce(run_dir: Path, new_dir: Path | None = None, *, atol: float = 1e-3, eval_max_tokens: int | None = 65536) -> dict[str, Any]:
+    from trainer.checkpoint.weights import newest_checkpoint
+
+    run_dir = Path(run_dir).absolute()
+    newest_checkpoint(run_dir)  # a run without a valid checkpoint has nothing to compare: fail before training
+    read_manifest(run_dir)
+    new_dir = Path(new_dir).absolute() if new_dir else run_dir.with_name(f"{run_dir.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (new_dir / "checkpoints").exists():
+        raise UserError(f"{new_dir} already holds checkpoints: give the reproduction a fresh out.dir=PATH")
+    diffs = environment_differences(run_dir)
+    started = time.time()
+    code = rerun(run_dir, new_dir)
+    if code != 0:
+        raise UserError(f"the re-run in {new_dir} ended with exit code {code} (preempted?): run reproduce again with out.dir={new_dir}")
+    weights = compare_weights(run_dir, new_dir)
+    metrics = compare_metrics(run_dir, new_dir, eval_max_tokens)
+    ok, text = verdict(weights, metrics, on_gpu_run(run_dir), atol)
+    report = {"original": str(run_dir), "reproduction": str(new_dir), "reproduced": ok, "verdict": text,
+              "environment_differences": diffs, "weights": weights, "metrics": metrics,
+              "tolerance": {"cpu": "bitwise", "gpu_atol": atol}, "rerun_seconds": round(time.time() - started, 1)}
+    from trainer.tracking.manifest import write_json
+
+    write_json(new_dir / "reproduce.json", report)
+    return report
