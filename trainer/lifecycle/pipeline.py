@@ -15,11 +15,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from trainer.errors import UserError
+from trainer.lifecycle.config import DriftConfig, PromoteConfig, RegistryConfig
 
 STATE = "pipeline.json"
 # Exit codes for cron and CI (README "Model lifecycle").
@@ -60,8 +61,7 @@ def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None
     max_steps = int(cfg.trainer.max_steps)
     model = p.model_name or cfg.run.name
     runs_dir = str(Path(cfg.paths.runs_dir).expanduser().absolute())
-    promote_args = [f"{section}.{k}={_cli_value(v)}" for section in ("promote", "registry")
-                    for k, v in OmegaConf.to_container(cfg[section], resolve=True).items()]
+    promote_args = _changed(cfg, "promote", PromoteConfig) + _changed(cfg, "registry", RegistryConfig)
     quality = OmegaConf.to_container(cfg.data.get("quality") or {}, resolve=True)
     eval_tokens = cfg.promote.eval_max_tokens
     steps = {
@@ -121,7 +121,8 @@ def drift_gate(cfg, log=print) -> bool:
     from omegaconf import OmegaConf
 
     p = cfg.pipeline
-    drift_args = [f"drift.{k}={_cli_value(v)}" for k, v in OmegaConf.to_container(p.drift, resolve=True).items()]
+    drift_args = [f"drift.{k}={_cli_value(v)}" for k, v in OmegaConf.to_container(p.drift, resolve=True).items()
+                  if asdict(DriftConfig()).get(k) != v]
     data = cfg.data
     current = [f"current={data.path}"] + ([f"file_glob={data.file_glob}"] if data.get("file_glob") else []) + \
               ([f"text_field={data.text_field}"] if data.get("text_field") else [])
@@ -132,6 +133,17 @@ def drift_gate(cfg, log=print) -> bool:
     if code not in (0, 3):
         raise UserError(f"the drift check failed with exit code {code} (see above)")
     return code == 3
+
+
+def _changed(cfg, section: str, cls) -> list[str]:
+    """section.KEY=VALUE for the settings that differ from the schema's defaults (the rest the tool knows)."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    defaults = asdict(cls())
+    values = OmegaConf.to_container(cfg[section], resolve=True)
+    return [f"{section}.{k}={_cli_value(v)}" for k, v in values.items() if defaults.get(k) != v]
 
 
 def _trained(run_dir: Path, max_steps: int) -> bool:

@@ -96,12 +96,15 @@ def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, by: st
     if p.max_loss is None and ctx.registry.by_alias(model, "champion") is None:
         raise _no_bar(model)
     lineage = run_lineage(run_dir)
-    tokens = held_out_tokens(Path(p.eval_tokens).expanduser().absolute() if p.eval_tokens else run_dir, "val", p.eval_max_tokens)
     from trainer.checkpoint.weights import newest_checkpoint
 
     step = newest_checkpoint(run_dir).step
     export_dir = hf_export_for(run_dir, step)
     export_sha = _sha256(export_dir / "model.safetensors")
+    decided = ctx.registry.find(model, **{"trainer.run_id": lineage["trainer.run_id"], "export.sha256": export_sha})
+    if decided is not None and decided.decision:  # a decision is final: a re-run (the pipeline after a kill) reads it
+        return _already_decided(decided, run_dir)
+    tokens = held_out_tokens(Path(p.eval_tokens).expanduser().absolute() if p.eval_tokens else run_dir, "val", p.eval_max_tokens)
     cand = evaluate(export_dir, tokens)  # a tokenizer other than the tokens' is a UserError here, before any write
     candidate = {k: cand[k] for k in EVAL_KEYS} | {"step": step, "export_sha256": export_sha}
     with ctx.registry.lock():
