@@ -59,7 +59,7 @@ def run(argv: list[str]) -> int:
 
         run_dir = existing_run_dir(str(args["run.dir"]))
         ctx = lc.Context.open(rcfg, runs_dir)
-        decision = lc.promote(ctx, run_dir, model, pcfg, by=flags.get("by"))
+        decision = lc.promote(ctx, run_dir, model, pcfg, evaluator=TrainerEvaluator(), by=flags.get("by"))
         _print_decision(decision)
         return decision.exit_code
     ctx = lc.Context.open(rcfg, runs_dir)
@@ -74,6 +74,27 @@ def run(argv: list[str]) -> int:
         decision = lc.rollback(ctx, model, version, by=flags.get("by"), reason=flags.get("reason"))
     _print_decision(decision)
     return decision.exit_code
+
+
+class TrainerEvaluator:
+    """trainer.evaluate's held-out tokens and scoring, and the HF export, for the promotion."""
+
+    def export(self, run_dir: Path) -> tuple[Path, int]:
+        from trainer.checkpoint.weights import newest_checkpoint
+        from trainer.evaluate import hf_export_for
+
+        step = newest_checkpoint(run_dir).step
+        return hf_export_for(run_dir, step), step
+
+    def tokens(self, run_dir: Path, max_tokens: int | None):
+        from trainer.evaluate import held_out_tokens
+
+        return held_out_tokens(run_dir, "val", max_tokens)
+
+    def evaluate(self, model_dir: Path, tokens) -> dict:
+        from trainer.evaluate import evaluate
+
+        return evaluate(model_dir, tokens)
 
 
 def split_args(argv: list[str]) -> tuple[str | None, int | None, dict[str, str], list[str]]:

@@ -11,14 +11,16 @@ NEW_RUN_DIR/reproduce.json. Exit codes: 0 reproduced, 3 not reproduced, 2 bad in
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from trainer.errors import exit_on_user_error
+from trainer.errors import UserError, exit_on_user_error
 
 
 def main(argv: list[str] | None = None) -> None:
     from trainer.cli_args import existing_run_dir, parse_kv
-    from trainer.lifecycle.reproduce import NOT_REPRODUCED_EXIT, REPRODUCED_EXIT, reproduce
+    from trainer.lifecycle.reproduce import NOT_REPRODUCED_EXIT, REPRODUCED_EXIT
 
     with exit_on_user_error():
         args = parse_kv(sys.argv[1:] if argv is None else argv,
@@ -36,6 +38,57 @@ def main(argv: list[str] | None = None) -> None:
     print(report["verdict"])
     print(f"report: {report['reproduction']}/reproduce.json")
     sys.exit(REPRODUCED_EXIT if report["reproduced"] else NOT_REPRODUCED_EXIT)
+
+
+def reproduce(run_dir: Path, new_dir: Path | None = None, *, atol: float = 1e-3, eval_max_tokens: int | None = 65536) -> dict[str, Any]:
+    from trainer.checkpoint.weights import newest_checkpoint
+    from trainer.lifecycle.reproduce import (compare_weights, environment_differences, on_gpu_run, read_manifest,
+                                             summary_losses, verdict)
+    from trainer.tracking.manifest import write_json
+
+    run_dir = Path(run_dir).absolute()
+    newest_checkpoint(run_dir)  # a run without a valid checkpoint has nothing to compare: fail before training
+    read_manifest(run_dir)
+    new_dir = Path(new_dir).absolute() if new_dir else run_dir.with_name(f"{run_dir.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (new_dir / "checkpoints").exists():
+        raise UserError(f"{new_dir} already holds checkpoints: give the reproduction a fresh out.dir=PATH")
+    diffs = environment_differences(run_dir)
+    started = time.time()
+    code = rerun(run_dir, new_dir)
+    if code != 0:
+        raise UserError(f"the re-run in {new_dir} ended with exit code {code} (preempted?): run reproduce again with out.dir={new_dir}")
+    weights = compare_weights(run_dir, new_dir)
+    metrics = {**summary_losses(run_dir, new_dir), "eval": evaluate_both(run_dir, new_dir, eval_max_tokens)}
+    ok, text = verdict(weights, metrics, on_gpu_run(run_dir), atol)
+    report = {"original": str(run_dir), "reproduction": str(new_dir), "reproduced": ok, "verdict": text,
+              "environment_differences": diffs, "weights": weights, "metrics": metrics,
+              "tolerance": {"cpu": "bitwise", "gpu_atol": atol}, "rerun_seconds": round(time.time() - started, 1)}
+    write_json(new_dir / "reproduce.json", report)
+    return report
+
+
+def rerun(run_dir: Path, new_dir: Path) -> int:
+    """Train the frozen config again into new_dir, in this process, as `python -m trainer.train` starts a run."""
+    from omegaconf import open_dict
+
+    from trainer.tracking.run_dir import load_frozen
+    from trainer.train import start_run
+
+    cfg = load_frozen(run_dir / "config.yaml")
+    with open_dict(cfg):
+        cfg.run.dir, cfg.run.id = str(new_dir), new_dir.name
+        cfg.run.stop_after_steps = None  # the run as it ended, not the interruption drill that may have made it
+    return start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])
+
+
+def evaluate_both(a_dir: Path, b_dir: Path, max_tokens: int | None) -> dict[str, Any]:
+    """Both runs evaluated on the original's held-out tokens."""
+    from trainer.evaluate import evaluate, held_out_tokens
+
+    tokens = held_out_tokens(a_dir, "val", max_tokens)
+    ea, eb = evaluate(a_dir, tokens), evaluate(b_dir, tokens)
+    return {"tokens_fingerprint": tokens.fingerprint, "tokens": len(tokens.ids),
+            "loss": [ea["loss"], eb["loss"]], "bits_per_byte": [ea["bits_per_byte"], eb["bits_per_byte"]]}
 
 
 if __name__ == "__main__":

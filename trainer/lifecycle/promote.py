@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import Protocol
+
 from trainer.errors import UserError
 from trainer.lifecycle.config import PromoteConfig, RegistryConfig
 from trainer.lifecycle.registry import DecisionLog, Registry, Version, link_to_wandb
@@ -84,9 +86,22 @@ def who(by: str | None) -> str:
         return f"unknown@{socket.gethostname()}"
 
 
+class Evaluator(Protocol):
+    """How models are exported and scored (trainer/evaluate.py, given by the entry point)."""
+
+    def export(self, run_dir: Path) -> tuple[Path, int]:
+        """The HF export of the run's newest valid checkpoint (made if missing), and its step."""
+
+    def tokens(self, run_dir: Path, max_tokens: int | None):
+        """The fixed held-out tokens of a run's validation split: .fingerprint, .tokenizer, .describe()."""
+
+    def evaluate(self, model_dir: Path, tokens) -> dict[str, Any]:
+        """loss, perplexity, bits_per_byte, tokens; UserError for a model of another tokenizer."""
+
+
 # --------------------------------------------------------------------------- promote
-def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, by: str | None = None) -> Decision:
-    from trainer.evaluate import evaluate, held_out_tokens, hf_export_for
+def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, evaluator: Evaluator,
+            by: str | None = None) -> Decision:
     from trainer.lifecycle.config import check_promote_config
 
     check_promote_config(p)
@@ -96,16 +111,13 @@ def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, by: st
     if p.max_loss is None and ctx.registry.by_alias(model, "champion") is None:
         raise _no_bar(model)
     lineage = run_lineage(run_dir)
-    from trainer.checkpoint.weights import newest_checkpoint
-
-    step = newest_checkpoint(run_dir).step
-    export_dir = hf_export_for(run_dir, step)
+    export_dir, step = evaluator.export(run_dir)
     export_sha = _sha256(export_dir / "model.safetensors")
     decided = ctx.registry.find(model, **{"trainer.run_id": lineage["trainer.run_id"], "export.sha256": export_sha})
     if decided is not None and decided.decision:  # a decision is final: a re-run (the pipeline after a kill) reads it
         return _already_decided(decided, run_dir)
-    tokens = held_out_tokens(Path(p.eval_tokens).expanduser().absolute() if p.eval_tokens else run_dir, "val", p.eval_max_tokens)
-    cand = evaluate(export_dir, tokens)  # a tokenizer other than the tokens' is a UserError here, before any write
+    tokens = evaluator.tokens(Path(p.eval_tokens).expanduser().absolute() if p.eval_tokens else run_dir, p.eval_max_tokens)
+    cand = evaluator.evaluate(export_dir, tokens)  # a tokenizer other than the tokens' is a UserError here, before any write
     candidate = {k: cand[k] for k in EVAL_KEYS} | {"step": step, "export_sha256": export_sha}
     with ctx.registry.lock():
         existing = ctx.registry.find(model, **{"trainer.run_id": lineage["trainer.run_id"], "export.sha256": export_sha})
@@ -114,7 +126,7 @@ def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, by: st
         champion = ctx.registry.by_alias(model, "champion")
         if champion is None and p.max_loss is None:
             raise _no_bar(model)
-        champ = _evaluate_version(ctx.registry, champion, tokens) if champion else None
+        champ = _evaluate_version(ctx.registry, champion, tokens, evaluator) if champion else None
         decision, reason = decide(candidate[p.metric], champ[p.metric] if champ else None, p)
         tags = {**lineage, "checkpoint.step": step, "export.sha256": export_sha,
                 **{f"eval.{k}": candidate[k] for k in EVAL_KEYS}, "eval.metric": p.metric,
@@ -156,14 +168,12 @@ def decide(candidate: float, champion: float | None, p: PromoteConfig) -> tuple[
     return ("pending", why + "; waiting for approval (promote.require_approval=true)") if p.require_approval else ("promoted", why)
 
 
-def _evaluate_version(registry: Registry, version: Version, tokens) -> dict[str, Any]:
+def _evaluate_version(registry: Registry, version: Version, tokens, evaluator: Evaluator) -> dict[str, Any]:
     """The version's registered artifact, downloaded and evaluated on `tokens`."""
-    from trainer.evaluate import evaluate
-
     tmp = Path(tempfile.mkdtemp(prefix=f"champion-v{version.version}-"))
     try:
         path = registry.download(version, tmp)
-        result = evaluate(path, tokens)
+        result = evaluator.evaluate(path, tokens)
     except UserError as e:
         raise UserError(f"the champion (version {version.version}) cannot be evaluated on the candidate's tokens: {e}") from None
     finally:
@@ -331,9 +341,8 @@ def _link(run_dir: Path, export_dir: Path, model: str, version: int, record: Dec
 # --------------------------------------------------------------------------- lineage
 def run_lineage(run_dir: Path) -> dict[str, str]:
     """What a version traces back to: the run, its code, its data, its config."""
-    from trainer.cli_args import existing_run_dir
-
-    existing_run_dir(str(run_dir))
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"run.dir={run_dir} is not a run dir (no config.yaml there)")
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{run_dir} has no manifest.json: is it a run dir that trained?")

@@ -3,8 +3,8 @@
 1. Environment: git sha and dirty flag, package versions, Python, torch/CUDA, CPU count (thread
    count sets the order of floating-point reductions on CPU) and the data fingerprint, each
    difference named with its recorded and current value.
-2. Re-run: the frozen <run_dir>/config.yaml, with only run.dir and run.id changed, into a new run
-   dir, through the same entry as `python -m trainer.train` (validate, freeze, manifest, data check, fit).
+2. Re-run (trainer/reproduce.py, the entry point): the frozen <run_dir>/config.yaml, with only
+   run.dir and run.id changed, into a new run dir, the way `python -m trainer.train` starts a run.
 3. Compare: the final weights tensor by tensor (bitwise on CPU; on GPU within `atol`, since
    cuDNN/cuBLAS kernels are not bitwise deterministic), the training summary's losses, and both
    runs evaluated on the same held-out tokens.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +72,6 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def rerun(run_dir: Path, new_dir: Path) -> int:
-    """Train the frozen config again into new_dir (in this process); returns the training exit code."""
-    from omegaconf import open_dict
-
-    from trainer.tracking.run_dir import load_frozen
-    from trainer.train import start_run
-
-    cfg = load_frozen(run_dir / "config.yaml")
-    with open_dict(cfg):
-        cfg.run.dir, cfg.run.id = str(new_dir), new_dir.name
-        cfg.run.stop_after_steps = None  # the run as it ended, not the interruption drill that may have made it
-    return start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])
-
-
 def compare_weights(a_dir: Path, b_dir: Path) -> dict[str, Any]:
     """Tensor-by-tensor comparison of the newest valid checkpoints of two runs."""
     import torch
@@ -110,19 +95,9 @@ def compare_weights(a_dir: Path, b_dir: Path) -> dict[str, Any]:
     return out
 
 
-def compare_metrics(a_dir: Path, b_dir: Path, max_tokens: int | None) -> dict[str, Any]:
-    """The training summaries' losses and both runs evaluated on the original's held-out tokens."""
-    from trainer.evaluate import evaluate, held_out_tokens
-
-    out: dict[str, Any] = {}
+def summary_losses(a_dir: Path, b_dir: Path) -> dict[str, Any]:
     sa, sb = (read_manifest(d).get("summary") or {} for d in (a_dir, b_dir))
-    for key in ("final_train_loss", "final_val_loss", "steps"):
-        out[key] = [sa.get(key), sb.get(key)]
-    tokens = held_out_tokens(a_dir, "val", max_tokens)
-    ea, eb = evaluate(a_dir, tokens), evaluate(b_dir, tokens)
-    out["eval"] = {"tokens_fingerprint": tokens.fingerprint, "tokens": len(tokens.ids),
-                   "loss": [ea["loss"], eb["loss"]], "bits_per_byte": [ea["bits_per_byte"], eb["bits_per_byte"]]}
-    return out
+    return {key: [sa.get(key), sb.get(key)] for key in ("final_train_loss", "final_val_loss", "steps")}
 
 
 def verdict(weights: dict[str, Any], metrics: dict[str, Any], on_gpu: bool, atol: float) -> tuple[bool, str]:
@@ -149,27 +124,3 @@ def on_gpu_run(run_dir: Path) -> bool:
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
 
 
-def reproduce(run_dir: Path, new_dir: Path | None = None, *, atol: float = 1e-3, eval_max_tokens: int | None = 65536) -> dict[str, Any]:
-    from trainer.checkpoint.weights import newest_checkpoint
-
-    run_dir = Path(run_dir).absolute()
-    newest_checkpoint(run_dir)  # a run without a valid checkpoint has nothing to compare: fail before training
-    read_manifest(run_dir)
-    new_dir = Path(new_dir).absolute() if new_dir else run_dir.with_name(f"{run_dir.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (new_dir / "checkpoints").exists():
-        raise UserError(f"{new_dir} already holds checkpoints: give the reproduction a fresh out.dir=PATH")
-    diffs = environment_differences(run_dir)
-    started = time.time()
-    code = rerun(run_dir, new_dir)
-    if code != 0:
-        raise UserError(f"the re-run in {new_dir} ended with exit code {code} (preempted?): run reproduce again with out.dir={new_dir}")
-    weights = compare_weights(run_dir, new_dir)
-    metrics = compare_metrics(run_dir, new_dir, eval_max_tokens)
-    ok, text = verdict(weights, metrics, on_gpu_run(run_dir), atol)
-    report = {"original": str(run_dir), "reproduction": str(new_dir), "reproduced": ok, "verdict": text,
-              "environment_differences": diffs, "weights": weights, "metrics": metrics,
-              "tolerance": {"cpu": "bitwise", "gpu_atol": atol}, "rerun_seconds": round(time.time() - started, 1)}
-    from trainer.tracking.manifest import write_json
-
-    write_json(new_dir / "reproduce.json", report)
-    return report
