@@ -299,7 +299,13 @@ def run_tasks(hf_dir: Path, tasks: Sequence[str], task_dir: Path | None = None, 
     if unknown:
         raise UserError(f"unknown lm-eval task {unknown[0]!r}.{closest(unknown[0], manager.all_tasks)} "
                         "Give task_dir=DIR for your own task YAMLs.")
-    out = simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": "float32"}, tasks=list(tasks),
+    model_args: dict[str, Any] = {"pretrained": str(hf_dir), "dtype": "float32"}
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    if config.get("bos_token_id") is None and config.get("eos_token_id") is None:
+        # lm-eval scores an empty context after a BOS/EOS token; a tokenizer with neither (bytes) gets id 0
+        # (NUL), which only such contexts see.
+        model_args["prefix_token_id"] = 0
+    out = simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks),
                           task_manager=manager, limit=limit, batch_size=batch_size, log_samples=False,
                           device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return {task: {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

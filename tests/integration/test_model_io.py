@@ -246,3 +246,50 @@ def test_export_of_a_run_without_a_checkpoint_is_refused(trained, tmp_path):
         assert_user_error(cli("trainer.export", f"run.dir={empty}", f"format={fmt}"), "no valid checkpoint", str(empty))
     assert sorted(p.name for p in empty.iterdir()) == ["config.yaml", "model.json"]  # nothing written
     assert_user_error(cli("trainer.export", f"run.dir={trained}", "format=gguf"), "format='gguf'", "hf")
+
+
+TASK_DOCS = [
+    {"context": "import", "choices": ["os", "banana split", "(", "sys"], "label": 0},
+    {"context": "def main(", "choices": ["):", "argv):", "zzz", "self"], "label": 1},
+    {"context": "    return", "choices": [" x", "None", "\n", "qq"], "label": 2},
+    {"context": "for i in", "choices": ["range(n):", "x:", "!!", "in"], "label": 0},
+    {"context": "class A", "choices": [":", "(object):", "B", "zz"], "label": 1},
+    {"context": "if x ==", "choices": ["0:", "None:", "y", "\t"], "label": 3},
+]
+
+
+def test_lm_eval_tasks_run_in_process_on_the_export(trained, exported, tmp_path, wandb_env):
+    pytest.importorskip("lm_eval")
+    from trainer.checkpoint.weights import load_trained_net
+
+    data = tmp_path / "tiny_mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in TASK_DOCS))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    proc = ok(cli("trainer.evaluate", f"run.dir={trained}", "max_tokens=200", "name=harness", "tasks=[tiny_mc]",
+                  f"task_dir={tasks}", env=wandb_env, timeout=600))
+    got = json.loads((trained / "eval" / "harness.json").read_text())["tasks"]["tiny_mc"]
+    assert "task tiny_mc:" in proc.stdout
+
+    # The same scores from our own net: log-likelihood of " " + choice after the context (bytes = tokens)
+    net, _ = load_trained_net(trained)
+    acc = acc_norm = 0
+    for doc in TASK_DOCS:
+        lls = []
+        for choice in doc["choices"]:
+            ctx, cont = list(doc["context"].encode()), list((" " + choice).encode())
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logp = torch.log_softmax(net(ids[:, :-1])[0], dim=-1)
+            lls.append(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont)))
+        acc += int(np.argmax(lls) == doc["label"])
+        acc_norm += int(np.argmax([ll / len(c) for ll, c in zip(lls, doc["choices"])]) == doc["label"])  # per character
+    assert got["acc,none"] == pytest.approx(acc / len(TASK_DOCS)), (got, acc)
+    assert got["acc_norm,none"] == pytest.approx(acc_norm / len(TASK_DOCS)), (got, acc_norm)
