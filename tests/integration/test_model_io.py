@@ -193,8 +193,13 @@ def test_evaluate_on_another_dataset_and_refuse_another_tokenizer(trained, tmp_p
                   "data.val_fraction=0.25", "name=bpe", env=wandb_env)
     assert_user_error(refused, "another tokenizer", "data.tokenizer")
     assert not (trained / "eval" / "bpe.json").exists()
-    assert_user_error(cli("trainer.evaluate", f"run.dir={trained}", "split=tset"), "split='tset'", "train, val")
-    assert_user_error(cli("trainer.evaluate", f"run.dir={trained}", "data=txet"), "txet", "text")
+    from trainer.errors import UserError
+    from trainer.evaluate import held_out_tokens
+
+    with pytest.raises(UserError, match="split='tset' is not a split of this data.*train, val"):
+        held_out_tokens(trained, split="tset")
+    with pytest.raises(UserError, match="txet.*'text'"):
+        held_out_tokens(trained, data_overrides=["data=txet"])
 
 
 def llama(path: Path, hidden: int) -> Path:
