@@ -318,7 +318,7 @@ def _offline_error(source: DatasetSource, reason: str, at: str) -> UserError:
         f"as a Hugging Face hub dataset because {reason}={os.environ[reason]} (offline) and it is not in the local "
         f"datasets cache. To use a local copy: on a machine with network run `hf download {spec.path} "
         f"--repo-type dataset --local-dir DIR` (add --include 'PATTERN' for one config's files), copy DIR here and "
-        f"set {at}path=DIR{keep}; or unset {reason} (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) to download it."
+        f"set {at}path=DIR{keep}; or, with network, unset HF_HUB_OFFLINE and HF_DATASETS_OFFLINE to download it."
     )
 
 
