@@ -82,6 +82,7 @@ class TokenDataModule(pl.LightningDataModule):
         common = dict(name=name, split=split, text_field=text_field, file_glob=file_glob, streaming=streaming,
                       max_tokens=max_tokens)
         sources = _plain(sources)
+        self.path = path
         if sources:
             if path is not None:
                 raise UserError(
@@ -102,7 +103,7 @@ class TokenDataModule(pl.LightningDataModule):
                         f"{spec.where(self._index(i))}streaming=true never holds. Use a pretrained tokenizer "
                         "(e.g. data.tokenizer=openai-community/gpt2), or streaming=false."
                     )
-        self.path, self.tokenizer_spec, self.bpe_vocab_size = path, tokenizer, bpe_vocab_size
+        self.tokenizer_spec, self.bpe_vocab_size = tokenizer, bpe_vocab_size
         self.seq_len, self.batch_size, self.val_fraction, self.val_batches = seq_len, batch_size, val_fraction, val_batches
         self.num_workers, self.seed, self.cache_dir = num_workers, seed, cache_dir
         self.num_proc, self.batch_delay_s = num_proc, batch_delay_s
