@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.hf_tokenizer import corpus_texts, local_hf_tokenizer
 from trainer.data import TokenDataModule
 from trainer.data.tokenizer import BPETokenizer, ByteTokenizer, load_pretrained
 from trainer.errors import UserError
@@ -23,26 +24,6 @@ SAMPLES = [
 def offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def corpus_texts(n: int = 40) -> list[str]:
-    return [f"document {i}: " + " ".join(f"word{j % 13} token{i % 7}" for j in range(40)) + "\n" for i in range(n)]
-
-
-def local_hf_tokenizer(directory: Path, *, eos: str | None = "</s>", bos: str | None = None) -> Path:
-    """A tokenizer as a user would publish it: trained with `tokenizers`, saved with transformers' save_pretrained."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = [t for t in (eos, bos) if t]
-    tok.train_from_iterator(corpus_texts(), trainers.BpeTrainer(
-        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    kwargs = {k: v for k, v in (("eos_token", eos), ("bos_token", bos)) if v}
-    PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(str(directory))
-    return directory
 
 
 def write_corpus(root: Path) -> list[str]:
