@@ -52,8 +52,8 @@ class EvalTokens:
     ids: np.ndarray  # (N,) token ids, any unsigned dtype (a memory map of the shard is fine)
     fingerprint: str  # sha256 of the ids as little-endian uint32
     num_bytes: int  # UTF-8 bytes that ids[1:] (the predicted tokens) stand for
-    tokenizer: str  # tokenizer identity (trainer.export.hf_tokenizer.identity)
-    vocab_size: int  # the tokenizer's real vocabulary
+    tokenizer: str  # vocabulary identity (trainer.export.hf_tokenizer.vocab_identity)
+    vocab_size: int  # the tokenizer's vocabulary
     source: dict = field(default_factory=dict)  # data path, data fingerprint, split, max_tokens
 
     def describe(self) -> dict:
@@ -73,28 +73,29 @@ def held_out_tokens(run_dir: Path, split: str = "val", max_tokens: int | None = 
 
 
 def tokens_of(datamodule, split: str, max_tokens: int | None = None) -> EvalTokens:
-    """EvalTokens from a prepared token data module's split."""
+    """EvalTokens from a prepared token data module's split (a mixture's sources one after another)."""
     from trainer.export import hf_tokenizer
 
-    shards = getattr(datamodule, "shards", None)
-    if shards is None:
+    shard_sets = getattr(datamodule, "shard_sets", None)
+    if not shard_sets:
         raise UserError(f"{type(datamodule).__name__} holds no token shards to evaluate on (data._target_ must be a "
                         "token data module such as trainer.data.TokenDataModule)")
-    splits = sorted(k.removesuffix("_tokens") for k in shards.meta if k.endswith("_tokens"))
+    splits = sorted(k.removesuffix("_tokens") for k in shard_sets[0].meta if k.endswith("_tokens"))
     if split not in splits:
         raise UserError(f"split={split!r} is not a split of this data.{closest(split, splits)} Splits: {', '.join(splits)}.")
-    ids = shards.tokens(split)
+    parts = [s.tokens(split) for s in shard_sets]
+    ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if max_tokens is not None:
         if max_tokens < 2:
             raise UserError(f"max_tokens={max_tokens}: evaluating needs at least 2 tokens (one to predict)")
         ids = ids[:max_tokens]
     if len(ids) < 2:
         raise UserError(f"the {split} split has {len(ids)} tokens: nothing to predict")
-    tok = hf_tokenizer.data_tokenizer(datamodule)
+    tok = hf_tokenizer.as_transformers(datamodule.tokenizer)
     return EvalTokens(
         ids=ids, fingerprint=fingerprint_ids(ids), num_bytes=count_bytes(tok, ids[1:]),
-        tokenizer=hf_tokenizer.identity(tok), vocab_size=hf_tokenizer.real_vocab_size(tok),
-        source={"data_path": str(getattr(datamodule, "path", "")), "data_fingerprint": shards.meta.get("fingerprint"),
+        tokenizer=hf_tokenizer.vocab_identity(tok), vocab_size=len(tok),
+        source={"data_path": str(getattr(datamodule, "path", "")), "data_fingerprint": datamodule.fingerprint,
                 "split": split, "max_tokens": max_tokens},
     )
 
@@ -157,7 +158,7 @@ class EvalModel:
 
     logits: Callable  # (B, T) long tensor on `device` -> (B, T, >= vocab_size) logits
     seq_len: int
-    vocab_size: int  # real vocabulary: logits beyond it (embedding padding) are not scored
+    vocab_size: int  # true vocabulary: logits beyond it (embedding padding) are not scored
     tokenizer: str  # tokenizer identity
     step: int | None
     source: str
@@ -180,8 +181,8 @@ def load_model(source: Path | str, checkpoint: Path | None = None, device: str |
             raise UserError(f"the run in {source} did not train a language model ({type(net).__name__})")
         tok = hf_tokenizer.run_tokenizer(source)
         net = net.to(device)
-        return EvalModel(logits=net, seq_len=net.cfg.seq_len, vocab_size=hf_tokenizer.real_vocab_size(tok),
-                         tokenizer=hf_tokenizer.identity(tok), step=info.step, source=str(info.path), device=device)
+        return EvalModel(logits=net, seq_len=net.cfg.seq_len, vocab_size=net.cfg.vocab_size,
+                         tokenizer=hf_tokenizer.vocab_identity(tok), step=info.step, source=str(info.path), device=device)
     if (source / "config.json").is_file():
         from transformers import AutoModelForCausalLM
 
@@ -192,7 +193,7 @@ def load_model(source: Path | str, checkpoint: Path | None = None, device: str |
         provenance = json.loads((source / PROVENANCE).read_text()) if (source / PROVENANCE).is_file() else {}
         return EvalModel(logits=lambda ids: model(input_ids=ids).logits,
                          seq_len=int(getattr(model.config, "max_position_embeddings", 1024)),
-                         vocab_size=hf_tokenizer.real_vocab_size(tok), tokenizer=hf_tokenizer.identity(tok),
+                         vocab_size=int(model.config.vocab_size), tokenizer=hf_tokenizer.vocab_identity(tok),
                          step=provenance.get("step"), source=str(source), device=device)
     raise UserError(f"{source} is neither a run dir (config.yaml) nor a Hugging Face model directory (config.json)")
 

@@ -227,7 +227,7 @@ def test_init_from_a_local_llama_starts_training_from_its_weights(tmp_path, shar
     net = GPT(GPTConfig(vocab_size=256, seq_len=32, d_model=32, n_layers=1, n_heads=2))
     net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items()})
     original = load_file(str(source / "model.safetensors"))
-    trained = to_hf_state(net.state_dict(), net.cfg, 256)
+    trained = to_hf_state(net.state_dict(), net.cfg)
     assert set(trained) == set(original)
     for name, t in original.items():
         assert (trained[name] - t).abs().max().item() < 1e-6, name
