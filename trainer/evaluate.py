@@ -29,13 +29,14 @@ bits_per_byte, tokens, bytes, tokens_fingerprint, tokenizer, checkpoint_step, mo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -110,14 +111,18 @@ def fingerprint_ids(ids: np.ndarray, chunk: int = 1 << 22) -> str:
 
 
 def count_bytes(tok, ids: np.ndarray, chunk: int = 1 << 16) -> int:
-    """UTF-8 bytes the ids stand for. Exact for byte-level tokenizers (a table per id); others are
-    decoded in chunks (a character split across a chunk boundary may be miscounted)."""
+    """UTF-8 bytes the ids stand for (special tokens: 0). Exact for byte-level tokenizers (a table per id);
+    others are decoded (decoded_byte_count)."""
     from trainer.export.hf_tokenizer import token_byte_lengths
 
     lengths = token_byte_lengths(tok)
-    if lengths is not None:
-        return int(sum(int(lengths[np.asarray(ids[s : s + chunk], dtype=np.int64)].sum())
-                       for s in range(0, len(ids), chunk)))
+    if lengths is None:
+        return decoded_byte_count(tok, ids, chunk)
+    return int(sum(int(lengths[np.asarray(ids[s : s + chunk], dtype=np.int64)].sum()) for s in range(0, len(ids), chunk)))
+
+
+def decoded_byte_count(tok, ids: np.ndarray, chunk: int = 1 << 16) -> int:
+    """UTF-8 bytes of the decoded text, `chunk` ids at a time (a character split by a chunk boundary may be miscounted)."""
     return sum(len(tok.decode(np.asarray(ids[s : s + chunk]).tolist(), skip_special_tokens=True).encode("utf-8"))
                for s in range(0, len(ids), chunk))
 
@@ -249,37 +254,25 @@ def evaluate(model_source: Path | str | EvalModel, tokens: EvalTokens, batch_siz
     }
 
 
-class _progress:
-    """A rich progress bar over predicted tokens (stderr), or nothing."""
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the predicted tokens on stderr (tokens/s, time left); yields advance(n)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(f"eval {self.label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-                            TextColumn("{task.fields[rate]}"),
-                            TimeRemainingColumn(), console=Console(stderr=True))
-        self.task = self.bar.add_task("eval", total=self.total, rate="")
-        self.t0 = time.perf_counter()
-        self.done = 0
-        self.bar.start()
+    t0 = time.perf_counter()
+    with Progress(TextColumn(f"eval {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens {task.fields[rate]}"),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task("eval", total=total, rate="")
 
         def advance(n: int) -> None:
-            self.done += n
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f} tok/s")
+            done = bar.tasks[0].completed + n
+            bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
 
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()
-        return False
+        yield advance
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness
