@@ -44,10 +44,10 @@ GOAL = 20.0
 
 def corpus_megabytes() -> tuple[float, int]:
     """UTF-8 MB of text and number of documents of the stdlib corpus, read once (warms the page cache)."""
-    from trainer.data.sources import load_documents, quiet_datasets, resolve_source
+    from trainer.data.sources import SourceSpec, load_documents, quiet_datasets, resolve_source
 
     with tempfile.TemporaryDirectory() as hf, quiet_datasets():
-        docs = load_documents(resolve_source("stdlib", None, "text"), hf)
+        docs = load_documents(resolve_source(SourceSpec("stdlib")), hf)
         total = sum(len((t or "").encode("utf-8")) for t in docs["text"])
         return total / 1e6, len(docs)
 
@@ -107,7 +107,7 @@ def gpt2_peak_tokens_per_s() -> tuple[float, float]:
     import torch
     from hydra.utils import instantiate
 
-    cfg = compose(["experiment=gpt2_124m", "model.vocab_size=50304", "data.tokenizer=byte"])
+    cfg = compose(["experiment=gpt2_124m", "model.vocab_size=50304", "data.path=stdlib", "data.tokenizer=byte"])
     with torch.device("meta"):
         net = instantiate(cfg.model)
     fpt = float(net.flops_per_token())

@@ -71,14 +71,15 @@ def load_reference(spec: str, file_glob: str | None, text_field: str | None):
     if (path / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
-        from trainer.lifecycle.corpus import open_data_module, read_documents
+        from trainer.lifecycle.corpus import module_documents, open_data_module
         from trainer.tracking.run_dir import load_frozen
 
         data = OmegaConf.to_container(load_frozen(path / "config.yaml").data, resolve=True)
         dm = open_data_module(data)  # the run's tokenizer (its shards are rebuilt if the cache was cleared)
-        glob, field = data.get("file_glob"), data.get("text_field", "text")
-        docs = read_documents(data["path"], glob, field, data.get("cache_dir"))
-        return docs.texts, dm._tokenizer, path.absolute(), file_glob or glob, text_field or field
+        docs = module_documents(dm)
+        if docs.skipped:
+            raise UserError(f"reference={spec}: its data is streamed ({'; '.join(docs.skipped)}); give the reference as data")
+        return docs.texts, dm.tokenizer, path.absolute(), file_glob or data.get("file_glob"), text_field or data.get("text_field", "text")
     return load_texts(spec, file_glob, text_field or "text", "reference"), ByteTokenizer(), None, file_glob, text_field or "text"
 
 

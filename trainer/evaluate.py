@@ -29,13 +29,14 @@ bits_per_byte, tokens, bytes, tokens_fingerprint, tokenizer, checkpoint_step, mo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,8 +53,8 @@ class EvalTokens:
     ids: np.ndarray  # (N,) token ids, any unsigned dtype (a memory map of the shard is fine)
     fingerprint: str  # sha256 of the ids as little-endian uint32
     num_bytes: int  # UTF-8 bytes that ids[1:] (the predicted tokens) stand for
-    tokenizer: str  # tokenizer identity (trainer.export.hf_tokenizer.identity)
-    vocab_size: int  # the tokenizer's real vocabulary
+    tokenizer: str  # vocabulary identity (trainer.export.hf_tokenizer.vocab_identity)
+    vocab_size: int  # the tokenizer's vocabulary
     source: dict = field(default_factory=dict)  # data path, data fingerprint, split, max_tokens
 
     def describe(self) -> dict:
@@ -73,28 +74,29 @@ def held_out_tokens(run_dir: Path, split: str = "val", max_tokens: int | None = 
 
 
 def tokens_of(datamodule, split: str, max_tokens: int | None = None) -> EvalTokens:
-    """EvalTokens from a prepared token data module's split."""
+    """EvalTokens from a prepared token data module's split (a mixture's sources one after another)."""
     from trainer.export import hf_tokenizer
 
-    shards = getattr(datamodule, "shards", None)
-    if shards is None:
+    shard_sets = getattr(datamodule, "shard_sets", None)
+    if not shard_sets:
         raise UserError(f"{type(datamodule).__name__} holds no token shards to evaluate on (data._target_ must be a "
                         "token data module such as trainer.data.TokenDataModule)")
-    splits = sorted(k.removesuffix("_tokens") for k in shards.meta if k.endswith("_tokens"))
+    splits = sorted(k.removesuffix("_tokens") for k in shard_sets[0].meta if k.endswith("_tokens"))
     if split not in splits:
         raise UserError(f"split={split!r} is not a split of this data.{closest(split, splits)} Splits: {', '.join(splits)}.")
-    ids = shards.tokens(split)
+    parts = [s.tokens(split) for s in shard_sets]
+    ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if max_tokens is not None:
         if max_tokens < 2:
             raise UserError(f"max_tokens={max_tokens}: evaluating needs at least 2 tokens (one to predict)")
         ids = ids[:max_tokens]
     if len(ids) < 2:
         raise UserError(f"the {split} split has {len(ids)} tokens: nothing to predict")
-    tok = hf_tokenizer.data_tokenizer(datamodule)
+    tok = hf_tokenizer.as_transformers(datamodule.tokenizer)
     return EvalTokens(
         ids=ids, fingerprint=fingerprint_ids(ids), num_bytes=count_bytes(tok, ids[1:]),
-        tokenizer=hf_tokenizer.identity(tok), vocab_size=hf_tokenizer.real_vocab_size(tok),
-        source={"data_path": str(getattr(datamodule, "path", "")), "data_fingerprint": shards.meta.get("fingerprint"),
+        tokenizer=hf_tokenizer.vocab_identity(tok), vocab_size=len(tok),
+        source={"data_path": str(getattr(datamodule, "path", "")), "data_fingerprint": datamodule.fingerprint,
                 "split": split, "max_tokens": max_tokens},
     )
 
@@ -109,14 +111,18 @@ def fingerprint_ids(ids: np.ndarray, chunk: int = 1 << 22) -> str:
 
 
 def count_bytes(tok, ids: np.ndarray, chunk: int = 1 << 16) -> int:
-    """UTF-8 bytes the ids stand for. Exact for byte-level tokenizers (a table per id); others are
-    decoded in chunks (a character split across a chunk boundary may be miscounted)."""
+    """UTF-8 bytes the ids stand for (special tokens: 0). Exact for byte-level tokenizers (a table per id);
+    others are decoded (decoded_byte_count)."""
     from trainer.export.hf_tokenizer import token_byte_lengths
 
     lengths = token_byte_lengths(tok)
-    if lengths is not None:
-        return int(sum(int(lengths[np.asarray(ids[s : s + chunk], dtype=np.int64)].sum())
-                       for s in range(0, len(ids), chunk)))
+    if lengths is None:
+        return decoded_byte_count(tok, ids, chunk)
+    return int(sum(int(lengths[np.asarray(ids[s : s + chunk], dtype=np.int64)].sum()) for s in range(0, len(ids), chunk)))
+
+
+def decoded_byte_count(tok, ids: np.ndarray, chunk: int = 1 << 16) -> int:
+    """UTF-8 bytes of the decoded text, `chunk` ids at a time (a character split by a chunk boundary may be miscounted)."""
     return sum(len(tok.decode(np.asarray(ids[s : s + chunk]).tolist(), skip_special_tokens=True).encode("utf-8"))
                for s in range(0, len(ids), chunk))
 
@@ -157,7 +163,7 @@ class EvalModel:
 
     logits: Callable  # (B, T) long tensor on `device` -> (B, T, >= vocab_size) logits
     seq_len: int
-    vocab_size: int  # real vocabulary: logits beyond it (embedding padding) are not scored
+    vocab_size: int  # true vocabulary: logits beyond it (embedding padding) are not scored
     tokenizer: str  # tokenizer identity
     step: int | None
     source: str
@@ -180,8 +186,8 @@ def load_model(source: Path | str, checkpoint: Path | None = None, device: str |
             raise UserError(f"the run in {source} did not train a language model ({type(net).__name__})")
         tok = hf_tokenizer.run_tokenizer(source)
         net = net.to(device)
-        return EvalModel(logits=net, seq_len=net.cfg.seq_len, vocab_size=hf_tokenizer.real_vocab_size(tok),
-                         tokenizer=hf_tokenizer.identity(tok), step=info.step, source=str(info.path), device=device)
+        return EvalModel(logits=net, seq_len=net.cfg.seq_len, vocab_size=net.cfg.vocab_size,
+                         tokenizer=hf_tokenizer.vocab_identity(tok), step=info.step, source=str(info.path), device=device)
     if (source / "config.json").is_file():
         from transformers import AutoModelForCausalLM
 
@@ -192,7 +198,7 @@ def load_model(source: Path | str, checkpoint: Path | None = None, device: str |
         provenance = json.loads((source / PROVENANCE).read_text()) if (source / PROVENANCE).is_file() else {}
         return EvalModel(logits=lambda ids: model(input_ids=ids).logits,
                          seq_len=int(getattr(model.config, "max_position_embeddings", 1024)),
-                         vocab_size=hf_tokenizer.real_vocab_size(tok), tokenizer=hf_tokenizer.identity(tok),
+                         vocab_size=int(model.config.vocab_size), tokenizer=hf_tokenizer.vocab_identity(tok),
                          step=provenance.get("step"), source=str(source), device=device)
     raise UserError(f"{source} is neither a run dir (config.yaml) nor a Hugging Face model directory (config.json)")
 
@@ -248,37 +254,25 @@ def evaluate(model_source: Path | str | EvalModel, tokens: EvalTokens, batch_siz
     }
 
 
-class _progress:
-    """A rich progress bar over predicted tokens (stderr), or nothing."""
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar over the predicted tokens on stderr (tokens/s, time left); yields advance(n)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(f"eval {self.label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-                            TextColumn("{task.fields[rate]}"),
-                            TimeRemainingColumn(), console=Console(stderr=True))
-        self.task = self.bar.add_task("eval", total=self.total, rate="")
-        self.t0 = time.perf_counter()
-        self.done = 0
-        self.bar.start()
+    t0 = time.perf_counter()
+    with Progress(TextColumn(f"eval {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens {task.fields[rate]}"),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task("eval", total=total, rate="")
 
         def advance(n: int) -> None:
-            self.done += n
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=n, rate=f"{rate:,.0f} tok/s")
+            done = bar.tasks[0].completed + n
+            bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
 
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()
-        return False
+        yield advance
 
 
 # --------------------------------------------------------------------------- lm-evaluation-harness
@@ -299,7 +293,13 @@ def run_tasks(hf_dir: Path, tasks: Sequence[str], task_dir: Path | None = None, 
     if unknown:
         raise UserError(f"unknown lm-eval task {unknown[0]!r}.{closest(unknown[0], manager.all_tasks)} "
                         "Give task_dir=DIR for your own task YAMLs.")
-    out = simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir), "dtype": "float32"}, tasks=list(tasks),
+    model_args: dict[str, Any] = {"pretrained": str(hf_dir), "dtype": "float32"}
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    if config.get("bos_token_id") is None and config.get("eos_token_id") is None:
+        # lm-eval scores an empty context after a BOS/EOS token; a tokenizer with neither (bytes) gets id 0
+        # (NUL), which only such contexts see.
+        model_args["prefix_token_id"] = 0
+    out = simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks),
                           task_manager=manager, limit=limit, batch_size=batch_size, log_samples=False,
                           device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return {task: {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

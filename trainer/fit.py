@@ -65,6 +65,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # every rank: one builds the token shards under a lock, the others wait
     datamodule.setup("fit")
+    if is_zero and hasattr(getattr(datamodule, "tokenizer", None), "save_pretrained"):  # evaluate/export reload it
+        datamodule.tokenizer.save_pretrained(run_dir / "tokenizer")
     net, model_spec = _build_model(cfg.model, datamodule)
     if is_zero:
         write_json(run_dir / "model.json", model_spec)  # what export/generate rebuild the net from

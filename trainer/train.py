@@ -38,6 +38,9 @@ def start_run(cfg: DictConfig, argv: list[str]) -> int:
     from trainer.tracking.run_dir import freeze_config, launcher_run_id, resolve_run_dir
 
     validate(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))  # `???`: a value only the user can give (e.g. data.path)
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
     if cfg.model.get("init_from"):
         _check_init_from(cfg)
     proc = detect()

@@ -193,8 +193,13 @@ def test_evaluate_on_another_dataset_and_refuse_another_tokenizer(trained, tmp_p
                   "data.val_fraction=0.25", "name=bpe", env=wandb_env)
     assert_user_error(refused, "another tokenizer", "data.tokenizer")
     assert not (trained / "eval" / "bpe.json").exists()
-    assert_user_error(cli("trainer.evaluate", f"run.dir={trained}", "split=tset"), "split='tset'", "train, val")
-    assert_user_error(cli("trainer.evaluate", f"run.dir={trained}", "data=txet"), "txet", "text")
+    from trainer.errors import UserError
+    from trainer.evaluate import held_out_tokens
+
+    with pytest.raises(UserError, match="split='tset' is not a split of this data.*train, val"):
+        held_out_tokens(trained, split="tset")
+    with pytest.raises(UserError, match="txet.*'text'"):
+        held_out_tokens(trained, data_overrides=["data=txet"])
 
 
 def llama(path: Path, hidden: int) -> Path:
@@ -222,7 +227,7 @@ def test_init_from_a_local_llama_starts_training_from_its_weights(tmp_path, shar
     net = GPT(GPTConfig(vocab_size=256, seq_len=32, d_model=32, n_layers=1, n_heads=2))
     net.load_state_dict({k.removeprefix("net."): v for k, v in state["state_dict"].items()})
     original = load_file(str(source / "model.safetensors"))
-    trained = to_hf_state(net.state_dict(), net.cfg, 256)
+    trained = to_hf_state(net.state_dict(), net.cfg)
     assert set(trained) == set(original)
     for name, t in original.items():
         assert (trained[name] - t).abs().max().item() < 1e-6, name
@@ -246,3 +251,50 @@ def test_export_of_a_run_without_a_checkpoint_is_refused(trained, tmp_path):
         assert_user_error(cli("trainer.export", f"run.dir={empty}", f"format={fmt}"), "no valid checkpoint", str(empty))
     assert sorted(p.name for p in empty.iterdir()) == ["config.yaml", "model.json"]  # nothing written
     assert_user_error(cli("trainer.export", f"run.dir={trained}", "format=gguf"), "format='gguf'", "hf")
+
+
+TASK_DOCS = [
+    {"context": "import", "choices": ["os", "banana split", "(", "sys"], "label": 0},
+    {"context": "def main(", "choices": ["):", "argv):", "zzz", "self"], "label": 1},
+    {"context": "    return", "choices": [" x", "None", "\n", "qq"], "label": 2},
+    {"context": "for i in", "choices": ["range(n):", "x:", "!!", "in"], "label": 0},
+    {"context": "class A", "choices": [":", "(object):", "B", "zz"], "label": 1},
+    {"context": "if x ==", "choices": ["0:", "None:", "y", "\t"], "label": 3},
+]
+
+
+def test_lm_eval_tasks_run_in_process_on_the_export(trained, exported, tmp_path, wandb_env):
+    pytest.importorskip("lm_eval")
+    from trainer.checkpoint.weights import load_trained_net
+
+    data = tmp_path / "tiny_mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in TASK_DOCS))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    proc = ok(cli("trainer.evaluate", f"run.dir={trained}", "max_tokens=200", "name=harness", "tasks=[tiny_mc]",
+                  f"task_dir={tasks}", env=wandb_env, timeout=600))
+    got = json.loads((trained / "eval" / "harness.json").read_text())["tasks"]["tiny_mc"]
+    assert "task tiny_mc:" in proc.stdout
+
+    # The same scores from our own net: log-likelihood of " " + choice after the context (bytes = tokens)
+    net, _ = load_trained_net(trained)
+    acc = acc_norm = 0
+    for doc in TASK_DOCS:
+        lls = []
+        for choice in doc["choices"]:
+            ctx, cont = list(doc["context"].encode()), list((" " + choice).encode())
+            ids = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                logp = torch.log_softmax(net(ids[:, :-1])[0], dim=-1)
+            lls.append(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont)))
+        acc += int(np.argmax(lls) == doc["label"])
+        acc_norm += int(np.argmax([ll / len(c) for ll, c in zip(lls, doc["choices"])]) == doc["label"])  # per character
+    assert got["acc,none"] == pytest.approx(acc / len(TASK_DOCS)), (got, acc)
+    assert got["acc_norm,none"] == pytest.approx(acc_norm / len(TASK_DOCS)), (got, acc_norm)

@@ -23,13 +23,14 @@ def expected_leaks(p, is_val: np.ndarray) -> set[str]:
 
 def test_planted_problems_are_found_exactly(tmp_path):
     from trainer.lifecycle.config import DataQualityConfig
-    from trainer.lifecycle.corpus import read_documents
-    from trainer.lifecycle.data_check import document_checks, validation_mask
+    from trainer.data import TokenDataModule
+    from trainer.lifecycle.corpus import module_documents
+    from trainer.lifecycle.data_check import document_checks
 
     p = planted_corpus(tmp_path / "corpus")
-    docs = read_documents(str(p.root), cache_dir=str(tmp_path / "cache"))
+    docs = module_documents(TokenDataModule(path=str(p.root), val_fraction=0.3, cache_dir=str(tmp_path / "cache")))
     assert docs.names == p.names
-    is_val = validation_mask(docs.texts, 0.3)
+    is_val = docs.is_val
     found = document_checks(docs.texts, is_val, DataQualityConfig())
     name = lambda ids: {docs.names[i] for i in ids}  # noqa: E731
 

@@ -8,13 +8,20 @@ micro-batches sees the same global batch as 2 processes accumulating 1.
 
 Rank r's micro-step a (0 <= a < accumulate) takes the slots
     (a * world + r) * batch_size + i,   i in [0, batch_size).
+
+With several sources (a weighted mixture) the same 64-bit key also picks the source: its top
+53 bits, as a fraction in [0, 1), against the cumulative normalised weights; a second mix of the
+key picks the window inside that source. So the mixture too is a pure function of
+(seed, step, slot), and the realised share of each source can be recomputed for any range of
+steps without having recorded anything.
 """
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,11 +46,69 @@ def sample_keys(seed: int, step: int, slots: np.ndarray) -> np.ndarray:
         return splitmix64(h ^ np.asarray(slots, dtype=np.uint64))
 
 
-def window_offsets(seed: int, step: int, slots: np.ndarray, num_windows: int) -> np.ndarray:
-    """Start offsets (int64) of the windows for these slots; windows start in [0, num_windows)."""
+@dataclass(frozen=True)
+class Mixture:
+    """Several sources' windows, numbered one source after another, drawn with these weights.
+
+    Source s owns the window ids [starts[s], starts[s] + num_windows[s]).
+    """
+
+    num_windows: tuple[int, ...]
+    weights: tuple[float, ...]  # positive; normalised here
+
+    def __post_init__(self):
+        if len(self.num_windows) != len(self.weights) or not self.num_windows:
+            raise ValueError("a mixture needs one weight per source, and at least one source")
+        if min(self.num_windows) <= 0 or min(self.weights) <= 0:
+            raise ValueError(f"window counts and weights must be positive: {self.num_windows}, {self.weights}")
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.num_windows)[:-1]]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.num_windows))
+
+    @property
+    def shares(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype=np.float64)
+        return w / w.sum()
+
+    def sources_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        u = (np.asarray(keys, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
+        cumulative = np.cumsum(self.shares)
+        return np.minimum(np.searchsorted(cumulative, u, side="right"), len(self.weights) - 1)
+
+    def window_ids(self, keys: np.ndarray) -> np.ndarray:
+        source = self.sources_of_keys(keys)
+        sizes = np.asarray(self.num_windows, dtype=np.uint64)[source]
+        with np.errstate(over="ignore"):
+            inside = (splitmix64(keys) % sizes).astype(np.int64)  # another mix: independent of the source choice
+        return self.starts[source] + inside
+
+    def source_of(self, window_ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, np.asarray(window_ids, dtype=np.int64), side="right") - 1
+
+
+def window_offsets(seed: int, step: int, slots: np.ndarray, num_windows: int | Mixture) -> np.ndarray:
+    """Start offsets (int64) of the windows for these slots; windows start in [0, num_windows)
+    (with a Mixture: window ids over all its sources)."""
+    keys = sample_keys(seed, step, slots)
+    if isinstance(num_windows, Mixture):
+        return num_windows.window_ids(keys)
     if num_windows <= 0:
         raise ValueError(f"num_windows must be positive, got {num_windows}")
-    return (sample_keys(seed, step, slots) % np.uint64(num_windows)).astype(np.int64)
+    return (keys % np.uint64(num_windows)).astype(np.int64)
+
+
+def realised_mixture(mixture: Mixture, seed: int, first_step: int, end_step: int, global_batch: int) -> np.ndarray:
+    """Samples drawn from each source over optimizer steps [first_step, end_step): what training read."""
+    counts = np.zeros(len(mixture.weights), dtype=np.int64)
+    slots = np.arange(global_batch, dtype=np.uint64)
+    for step in range(first_step, end_step):
+        counts += np.bincount(mixture.sources_of_keys(sample_keys(seed, step, slots)), minlength=len(counts))
+    return counts
 
 
 def micro_batch_slots(micro_step: int, world_size: int, rank: int, batch_size: int) -> np.ndarray:
@@ -53,7 +118,7 @@ def micro_batch_slots(micro_step: int, world_size: int, rank: int, batch_size: i
 
 
 def micro_batch_indices(
-    seed: int, step: int, accumulate: int, world_size: int, rank: int, batch_size: int, num_windows: int
+    seed: int, step: int, accumulate: int, world_size: int, rank: int, batch_size: int, num_windows: int | Mixture
 ) -> list[np.ndarray]:
     """Window offsets of each of this rank's `accumulate` micro-batches at optimizer step `step`."""
     return [
@@ -99,7 +164,7 @@ class StepSampler(Sampler[np.ndarray]):
         world_size: int,
         rank: int,
         batch_size: int,
-        num_windows: int,
+        num_windows: int | Mixture,
     ):
         self.current_step = current_step
         self.max_steps, self.seed = max_steps, seed
@@ -145,12 +210,43 @@ class TokenWindows(Dataset):
     def __getitem__(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.delay_s:
             time.sleep(self.delay_s)  # debug knob: make the run input-bound on purpose
-        index = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(self.seq_len + 1)  # (B, T+1)
-        windows = torch.from_numpy(self.tokens()[index].astype(np.int64))
+        windows = torch.from_numpy(self.window(offsets).astype(np.int64))  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]
+
+    def window(self, offsets: np.ndarray) -> np.ndarray:
+        """(B, T+1) token ids, in the shard's dtype."""
+        index = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(self.seq_len + 1)
+        return self.tokens()[index]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokens": None}
+
+
+class MixtureWindows(Dataset):
+    """Windows of several sources' token files, indexed by window ids (see Mixture): each window
+    lies inside one source, never across two."""
+
+    def __init__(self, parts: Sequence[TokenWindows], delay_s: float = 0.0):
+        self.parts, self.delay_s = list(parts), delay_s
+        sizes = [p.num_windows for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.seq_len = self.parts[0].seq_len
+
+    @property
+    def num_windows(self) -> int:
+        return int(sum(p.num_windows for p in self.parts))
+
+    def __getitem__(self, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        ids = np.asarray(window_ids, dtype=np.int64)
+        source = np.searchsorted(self.starts, ids, side="right") - 1
+        out = np.empty((len(ids), self.seq_len + 1), dtype=np.int64)
+        for s in np.unique(source):
+            mine = source == s
+            out[mine] = self.parts[s].window(ids[mine] - self.starts[s])
+        windows = torch.from_numpy(out)
+        return windows[:, :-1], windows[:, 1:]
 
 
 class StepIndexedDataLoader(DataLoader):

@@ -24,26 +24,26 @@ def write_hf(net, info, run_dir: Path, out: Path) -> Path:
     if not isinstance(cfg, GPTConfig):
         raise UserError(f"format=hf exports the GPT (trainer.models.gpt.GPT); this run's model is {type(net).__name__}. "
                         "Use format=safetensors.")
-    tok = hf_tokenizer.run_tokenizer(run_dir)
-    vocab = hf_tokenizer.real_vocab_size(tok)
-    if vocab > cfg.vocab_size:
-        raise UserError(f"the run's tokenizer has {vocab} tokens but the model only {cfg.vocab_size} embedding rows")
-    tensors = to_hf_state(net.state_dict(), cfg, vocab)
+    hf_tokenizer.save_run_tokenizer(run_dir, out)
+    tok = hf_tokenizer.load_dir(out)  # the tokenizer as it ships
+    vocab = cfg.vocab_size  # the true vocabulary; the embedding's padding rows stay behind
+    if len(tok) > vocab:
+        raise UserError(f"the run's tokenizer has {len(tok)} tokens but the model only {vocab} embedding rows")
+    tensors = to_hf_state(net.state_dict(), cfg)
     dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})  # no path or time: same weights, same bytes
     bos, eos = tok.bos_token_id, tok.eos_token_id
-    _write_json(out / "config.json", hf_config(cfg, vocab, bos_token_id=bos, eos_token_id=eos, dtype=dtype))
+    _write_json(out / "config.json", hf_config(cfg, bos_token_id=bos, eos_token_id=eos, dtype=dtype))
     # Sampling defaults as `python -m trainer.generate` has them.
     _write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "do_sample": True,
                                                  "temperature": 0.8, "top_k": 50})
-    hf_tokenizer.save(tok, out)
-    provenance = provenance_of(run_dir, info, tok, vocab, cfg)
+    provenance = provenance_of(run_dir, info, tok, cfg)
     _write_json(out / PROVENANCE, provenance)
     (out / "README.md").write_text(model_card(run_dir, provenance, cfg))
     return out
 
 
-def provenance_of(run_dir: Path, info, tok, vocab: int, cfg) -> dict:
+def provenance_of(run_dir: Path, info, tok, cfg) -> dict:
     from trainer.checkpoint import store
     from trainer.export import hf_tokenizer
     from trainer.tracking.loggers import WANDB_ID_FILE
@@ -60,9 +60,9 @@ def provenance_of(run_dir: Path, info, tok, vocab: int, cfg) -> dict:
         "data_fingerprint": info.manifest.get("data_fingerprint"),
         "global_batch": info.manifest.get("global_batch"),
         "tokens_seen": info.step * info.manifest["global_batch"] * cfg.seq_len if info.manifest.get("global_batch") else None,
-        "tokenizer": hf_tokenizer.identity(tok),
-        "vocab_size": vocab,
-        "padded_vocab_size": cfg.vocab_size,
+        "tokenizer": hf_tokenizer.vocab_identity(tok),
+        "vocab_size": cfg.vocab_size,
+        "padded_vocab_size": cfg.padded_vocab_size,
         "init_from": cfg.init_from,
     }
 

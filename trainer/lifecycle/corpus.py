@@ -4,7 +4,7 @@ shared by the data check and drift: words, shingles, length summaries, token uni
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,19 +19,20 @@ _WORD = re.compile(r"\S+")
 @dataclass
 class Documents:
     texts: list[str]
-    names: list[str]  # a file path (text files) or "#row" for each document
-    source: str  # what the user wrote, for messages
+    names: list[str]  # a file path (one document per text file) or "<source>#row" for each document
+    is_val: np.ndarray | None  # the shard builder's validation documents (None: no document split to check)
+    skipped: list[str] = field(default_factory=list)  # sources not read (streams: unbounded)
 
 
 def data_kwargs(data: dict) -> dict:
-    """The TokenDataModule keyword arguments of a resolved `data` section (without framework-owned keys)."""
+    """The TokenDataModule keyword arguments of a resolved `data` section."""
     target = data.get("_target_")
     if target != TOKEN_MODULE:
         raise UserError(
             f"data._target_={target!r}: the data check and drift read text corpora (data._target_={TOKEN_MODULE}, "
             "e.g. data=stdlib or data=text data.path=...)"
         )
-    return {k: v for k, v in data.items() if not k.startswith("_") and k != "quality"}
+    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 def open_data_module(data: dict):
@@ -43,22 +44,51 @@ def open_data_module(data: dict):
     return dm
 
 
+def module_documents(dm) -> Documents:
+    """Every document of a TokenDataModule's sources, read and split exactly as its shard builder does."""
+    from trainer.data.corpus import document_keys, hf_cache_dir, validation_documents
+    from trainer.data.shards import cache_root
+    from trainer.data.sources import resolve_source
+
+    texts, names, masks, skipped = [], [], [], []
+    for i, spec in enumerate(dm.specs):
+        index = i if len(dm.specs) > 1 else None
+        source = resolve_source(spec, index)
+        if spec.streaming:
+            skipped.append(f"{source.describe()}: a stream (read lazily, never whole), not checked")
+            continue
+        docs = _read(source, hf_cache_dir(cache_root(dm.cache_dir)), index)
+        texts += docs.texts
+        names += docs.names
+        # One document is split by token tail (nothing to leak); otherwise the builder's own split.
+        masks.append(validation_documents(document_keys(docs.texts), dm.val_fraction) if len(docs.texts) > 1
+                     else np.zeros(len(docs.texts), dtype=bool))
+    return Documents(texts, names, np.concatenate(masks) if masks else None, skipped)
+
+
 def read_documents(path: str, file_glob: str | None = None, text_field: str = "text", cache_dir: str | None = None) -> Documents:
-    """One string per document, read by trainer.data's own reader (undecodable bytes become U+FFFD)."""
+    """The documents of one data path (file, directory, dataset), read by trainer.data's own reader."""
     from trainer.data.corpus import hf_cache_dir
     from trainer.data.shards import cache_root
-    from trainer.data.sources import HubSource, TABLE_BUILDERS, load_documents, quiet_datasets, resolve_source
+    from trainer.data.sources import SourceSpec, resolve_source
 
-    source = resolve_source(path, file_glob, text_field)
+    source = resolve_source(SourceSpec(path=str(path), file_glob=file_glob, text_field=text_field))
+    return _read(source, hf_cache_dir(cache_root(cache_dir)), None)
+
+
+def _read(source, hf_cache: str, index: int | None) -> Documents:
+    from trainer.data.sources import TABLE_BUILDERS, FileSource, load_documents, quiet_datasets
+
     with quiet_datasets():
-        ds = load_documents(source, hf_cache_dir(cache_root(cache_dir)))
+        ds = load_documents(source, hf_cache, index)
     texts = [t or "" for t in ds["text"]]
-    names = [f"#{i}" for i in range(len(texts))]
-    if not isinstance(source, HubSource) and not any(f.suffix in TABLE_BUILDERS for f in source.files):
-        if len(source.files) == len(texts):  # plain text: one document per file, in file order
-            root = Path(path).expanduser()
-            names = [_relative(f, root) for f in source.files]
-    return Documents(texts, names, path)
+    label = source.describe()
+    names = [f"{label}#{i}" for i in range(len(texts))]
+    if isinstance(source, FileSource) and not any(f.suffix in TABLE_BUILDERS for f in source.files) \
+            and len(source.files) == len(texts):  # plain text: one document per file, in file order
+        root = Path(source.spec.path).expanduser()
+        names = [_relative(f, root) for f in source.files]
+    return Documents(texts, names, None)
 
 
 def _relative(f: Path, root: Path) -> str:
@@ -93,11 +123,16 @@ def unigram_counts(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def single_byte_ids(tokenizer) -> np.ndarray | None:
-    """Ids of a byte-level BPE's single-byte tokens (its fallback when no merge applies); None for bytes."""
-    if getattr(tokenizer, "kind", None) != "bpe":
+    """Ids of the tokens that stand for one byte: a byte-level BPE's fallback when no merge applies (one
+    symbol of its 256-symbol byte alphabet), or a SentencePiece byte-fallback token (<0xAB>). None for the byte
+    tokenizer, where every token is a byte."""
+    if getattr(tokenizer, "kind", None) == "byte":
         return None
-    vocab = tokenizer.tok.get_vocab()
-    return np.array(sorted(i for s, i in vocab.items() if len(s) == 1), dtype=np.int64)
+    import re
+
+    vocab = tokenizer.backend.get_vocab()
+    ids = [i for s, i in vocab.items() if len(s) == 1 or re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", s)]
+    return np.array(sorted(ids), dtype=np.int64)
 
 
 def encode_documents(tokenizer, texts: list[str], batch: int = 512) -> np.ndarray:

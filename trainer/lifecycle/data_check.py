@@ -26,7 +26,7 @@ import numpy as np
 
 from trainer.errors import UserError
 from trainer.lifecycle.config import DataQualityConfig
-from trainer.lifecycle.corpus import Documents, open_data_module, read_documents, shingles, single_byte_ids, summary, words
+from trainer.lifecycle.corpus import Documents, module_documents, open_data_module, shingles, single_byte_ids, summary, words
 
 log = logging.getLogger("trainer")
 REPORT_FORMAT = 1  # bump when a report's content changes for the same inputs
@@ -158,26 +158,26 @@ def _log2_histogram(values: list[int]) -> list[dict]:
 
 
 def token_checks(dm) -> dict[str, Any]:
-    """Token statistics of the built shards (what the model will see)."""
-    shards = dm.shards
-    meta = shards.meta
-    train = np.asarray(shards.tokens("train"))
-    counts = np.bincount(train.astype(np.int64), minlength=int(meta["vocab_size"]))
+    """Token statistics of the built shards, all sources together (what the model will see)."""
+    metas = [s.meta for s in dm.shard_sets]
+    counts = sum(s.unigram().astype(np.int64) for s in dm.shard_sets)  # training-token counts per id
+    total = max(1, int(counts.sum()))
+    tokens = sum(m["train_tokens"] + m["val_tokens"] for m in metas)
     top = np.argsort(counts)[::-1][:10]
     out = {
-        "tokenizer": meta["tokenizer"]["kind"],
-        "vocab_size": int(meta["vocab_size"]),
-        "train_tokens": int(meta["train_tokens"]),
-        "val_tokens": int(meta["val_tokens"]),
-        "tokens_per_document": round((meta["train_tokens"] + meta["val_tokens"]) / max(1, meta["documents"]), 1),
+        "tokenizer": metas[0]["tokenizer"].get("name", metas[0]["tokenizer"]["kind"]),
+        "vocab_size": int(dm.vocab_size),
+        "train_tokens": sum(m["train_tokens"] for m in metas),
+        "val_tokens": sum(m["val_tokens"] for m in metas),
+        "tokens_per_document": round(tokens / max(1, sum(m["documents"] for m in metas)), 1),
         "vocab_used_fraction": round(float((counts > 0).mean()), 4),
-        "unigram_entropy_nats": round(float(meta["unigram_entropy_nats"]), 4),
-        "top_tokens": [{"id": int(i), "text": dm.decode([int(i)]), "share": round(float(counts[i] / max(1, counts.sum())), 4)}
+        "unigram_entropy_nats": round(float(dm.corpus_stats()["unigram_entropy_nats"]), 4),
+        "top_tokens": [{"id": int(i), "text": dm.decode([int(i)]), "share": round(float(counts[i] / total), 4)}
                        for i in top if counts[i]],
     }
-    ids = single_byte_ids(dm._tokenizer)
+    ids = single_byte_ids(dm.tokenizer)
     if ids is not None:
-        out["single_byte_token_fraction"] = round(float(counts[ids].sum() / max(1, counts.sum())), 4)
+        out["single_byte_token_fraction"] = round(float(counts[ids[ids < len(counts)]].sum() / total), 4)
     return out
 
 
@@ -210,28 +210,18 @@ def judge(found: dict[str, Any], q: DataQualityConfig) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- running and caching
-def validation_mask(texts: list[str], val_fraction: float) -> np.ndarray | None:
-    """The shard builder's split (trainer.data.corpus), None when a single document is split by token tail."""
-    from trainer.data.corpus import _document_keys, validation_documents
-
-    if len(texts) < 2:
-        return None
-    return validation_documents(_document_keys({"text": texts})["key"], val_fraction)
-
-
 def run_checks(data: dict, q: DataQualityConfig) -> dict[str, Any]:
     """The full report of a resolved TokenDataModule `data` section."""
     started = time.time()
     dm = open_data_module(data)  # builds the shards if needed: token statistics describe what training reads
-    docs: Documents = read_documents(data.get("path", "stdlib"), data.get("file_glob"), data.get("text_field", "text"),
-                                     data.get("cache_dir"))
-    is_val = validation_mask(docs.texts, dm.val_fraction)
-    found = document_checks(docs.texts, is_val, q)
+    docs: Documents = module_documents(dm)
+    found = document_checks(docs.texts, docs.is_val, q)
     checks = judge(found, q)
     return {
         "format": REPORT_FORMAT,
         "data_fingerprint": dm.fingerprint,
-        "source": str(data.get("path")),
+        "source": str(data.get("path") or [s.get("path") for s in data.get("sources") or []]),
+        "not_checked": docs.skipped,
         "names": docs.names,
         "thresholds": asdict(q),
         "checks": checks,

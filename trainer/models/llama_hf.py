@@ -16,8 +16,9 @@ q/k rows; only our fused qkv projection is split into q_proj/k_proj/v_proj.
     norm.weight                        model.norm.weight
     lm_head.weight                     lm_head.weight (absent when tied)
 
-The embedding may be padded beyond the tokenizer's vocabulary (a multiple of 64, for speed):
-exports keep the real rows only, imports copy them into the first rows of the padded table.
+The embedding is padded beyond the true vocabulary (GPTConfig.vocab_size) to a multiple of
+vocab_multiple, for speed: exports keep the true rows only, imports fill the true rows of the
+padded table (the padding rows stay zero and are never scored).
 """
 from __future__ import annotations
 
@@ -32,13 +33,12 @@ from trainer.models.gpt import GPTConfig
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
-_VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 _IGNORED = ("rotary_emb.inv_freq",)  # a buffer some older checkpoints carry: recomputed, not learned
 
 
-def hf_config(cfg: GPTConfig, vocab_size: int, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
+def hf_config(cfg: GPTConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
               dtype: str = "float32") -> dict:
-    """config.json of the LlamaForCausalLM equal to this GPT, for `vocab_size` real tokens.
+    """config.json of the LlamaForCausalLM equal to this GPT (its true vocabulary).
 
     RoPE is written both ways (`rope_theta`, read by transformers 4.x and vLLM, and
     `rope_parameters`, read by transformers 5), so either loads the same model.
@@ -46,7 +46,7 @@ def hf_config(cfg: GPTConfig, vocab_size: int, *, bos_token_id: int | None = Non
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": vocab_size,
+        "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.hidden,
         "num_hidden_layers": cfg.n_layers,
@@ -74,35 +74,35 @@ def hf_config(cfg: GPTConfig, vocab_size: int, *, bos_token_id: int | None = Non
     }
 
 
-def gpt_config_from_hf(config: dict, **overrides) -> GPTConfig:
-    """The GPTConfig of a Llama config.json (no grouped-query attention, no rope scaling)."""
-    heads = config["num_attention_heads"]
-    if config.get("num_key_value_heads", heads) != heads:
-        raise UserError(f"the Llama checkpoint uses grouped-query attention (num_key_value_heads="
-                        f"{config['num_key_value_heads']}, num_attention_heads={heads}); the GPT has one k/v head per head")
+def check_hf_config(directory: Path, cfg: GPTConfig, key: str = "model.init_from") -> None:
+    """What shapes cannot show: the checkpoint's config.json must describe the same function as cfg."""
+    config = _read_config(directory)
+    if not config:
+        return  # weights only: the shapes are all there is to check
     rope = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default" or scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise UserError("the Llama checkpoint uses scaled RoPE, which the GPT does not implement")
-    if config.get("attention_bias") or config.get("mlp_bias"):
-        raise UserError("the Llama checkpoint has attention/MLP biases; the GPT's projections have none")
-    return GPTConfig(
-        vocab_size=config["vocab_size"], seq_len=config.get("max_position_embeddings", 2048),
-        d_model=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=heads,
-        mlp_hidden=config["intermediate_size"], rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-        norm_eps=config.get("rms_norm_eps", 1e-6), tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        **overrides,
-    )
+        raise UserError(f"{key}={directory}: the checkpoint uses scaled RoPE ({rope or scaling}), which the GPT does not implement")
+    if config.get("attention_bias") or config.get("mlp_bias") or config.get("hidden_act", "silu") != "silu":
+        raise UserError(f"{key}={directory}: the checkpoint has projection biases or a non-SiLU MLP; the GPT has neither")
+    theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    for name, theirs, ours in (("rope_theta", theta, cfg.rope_theta), ("norm_eps", config.get("rms_norm_eps"), cfg.norm_eps)):
+        if theirs is not None and float(theirs) != float(ours):
+            raise UserError(f"{key}={directory}: the checkpoint's {name} is {theirs} but model.{name}={ours}; "
+                            f"set model.{name}={theirs}")
+    if cfg.tie_embeddings and config.get("tie_word_embeddings") is False:
+        raise UserError(f"{key}={directory}: the checkpoint has its own lm_head (tie_word_embeddings=false) but "
+                        "model.tie_embeddings=true would drop it; set model.tie_embeddings=false")
 
 
 # --------------------------------------------------------------------------- weights, ours -> HF
-def to_hf_state(state: dict[str, torch.Tensor], cfg: GPTConfig, vocab_size: int) -> dict[str, torch.Tensor]:
-    """HF Llama tensors from our state dict, with the vocabulary rows cut to `vocab_size`.
+def to_hf_state(state: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """HF Llama tensors from our state dict, the vocabulary rows cut to the true vocabulary.
 
     Every tensor is a fresh contiguous CPU copy (safetensors stores each name once; tied
     weights otherwise share storage).
     """
-    C = cfg.d_model
+    C, vocab_size = cfg.d_model, cfg.vocab_size
     out: dict[str, torch.Tensor] = {}
 
     def put(name: str, t: torch.Tensor) -> None:
@@ -129,7 +129,7 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: GPTConfig, vocab_size: int)
 
 # --------------------------------------------------------------------------- weights, HF -> ours
 def expected_hf_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """The HF tensor names and shapes a Llama checkpoint needs to initialise this GPT (full padded vocab)."""
+    """The HF tensor names and shapes a Llama checkpoint needs to initialise this GPT (true vocabulary)."""
     C, H, V = cfg.d_model, cfg.hidden, cfg.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C)}
     for i in range(cfg.n_layers):
@@ -164,7 +164,7 @@ def hf_checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
 
 
 def check_hf_shapes(directory: Path, cfg: GPTConfig, key: str = "model.init_from") -> None:
-    """Raise UserError naming the first tensor whose shape differs (the vocabulary may be smaller: padding)."""
+    """Raise UserError naming the first tensor whose shape differs (or a config value that differs)."""
     found = hf_checkpoint_shapes(directory)
     expected = expected_hf_shapes(cfg)
     for name, want in expected.items():
@@ -174,18 +174,13 @@ def check_hf_shapes(directory: Path, cfg: GPTConfig, key: str = "model.init_from
         if have is None:
             raise UserError(f"{key}={directory}: the checkpoint has no tensor {name!r} (shape {want} expected); "
                             "is it a Llama-architecture model?")
-        if name in _VOCAB_TENSORS and len(have) == 2 and have[1] == want[1] and 0 < have[0] <= want[0]:
-            continue  # fewer rows: the tokenizer's real vocabulary inside our padded table
         if tuple(have) != tuple(want):
             raise UserError(
                 f"{key}={directory}: tensor {name!r} has shape {tuple(have)} in the checkpoint but the model needs "
                 f"{tuple(want)}. Make the model match the checkpoint's config.json (model.d_model, n_layers, n_heads, "
-                "mlp_hidden, vocab size from data.tokenizer)."
+                "mlp_hidden; the vocabulary comes from data.tokenizer: use the checkpoint's own tokenizer directory)."
             )
-    config = _read_config(directory)
-    if cfg.tie_embeddings and config.get("tie_word_embeddings") is False and "lm_head.weight" in found:
-        raise UserError(f"{key}={directory}: the checkpoint has its own lm_head (tie_word_embeddings=false) but "
-                        "model.tie_embeddings=true would drop it; set model.tie_embeddings=false")
+    check_hf_config(directory, cfg, key)
     extra = sorted(n for n in set(found) - set(expected) - {"lm_head.weight"} if not n.endswith(_IGNORED))
     if extra:
         raise UserError(f"{key}={directory}: the checkpoint has tensors the model lacks, e.g. {extra[0]!r} "
@@ -193,16 +188,16 @@ def check_hf_shapes(directory: Path, cfg: GPTConfig, key: str = "model.init_from
 
 
 def load_hf_weights(net: torch.nn.Module, directory: str | Path) -> int:
-    """Initialise our GPT in place from a HF Llama checkpoint directory; returns the checkpoint's vocab rows.
+    """Initialise our GPT in place from a HF Llama checkpoint directory; returns the vocabulary rows loaded.
 
-    Shapes are checked (and named) before any weight is touched. Rows of a padded vocabulary
-    beyond the checkpoint's keep their fresh initialisation.
+    Shapes are checked (and named) before any weight is touched; the padding rows stay as they are.
     """
     from safetensors import safe_open
 
     directory = Path(directory).expanduser()
     cfg: GPTConfig = net.cfg
     check_hf_shapes(directory, cfg)
+    untied_in_file = "lm_head.weight" in hf_checkpoint_shapes(directory)
     C = cfg.d_model
     params = dict(net.named_parameters(remove_duplicate=False))
     rows = 0
@@ -214,7 +209,7 @@ def load_hf_weights(net: torch.nn.Module, directory: str | Path) -> int:
                     if name == "model.embed_tokens.weight":
                         rows = t.shape[0]
                         params["embed.weight"][:rows].copy_(t)
-                        if not cfg.tie_embeddings and "lm_head.weight" not in f.keys():
+                        if not cfg.tie_embeddings and not untied_in_file:
                             params["lm_head.weight"][:rows].copy_(t)
                     elif name == "lm_head.weight":
                         if not cfg.tie_embeddings:
