@@ -356,6 +356,11 @@ def render_html(data: RunData, charts: list[tuple[str, str]], system_notes: list
         parts.append(f"<p><i>{e(note)}</i></p>")
     for name, table in data.profiler_tables.items():
         parts.append(f"<h2>torch.profiler: {e(name)}</h2><pre>{e(table)}</pre>")
+    data_check = data.run_dir / "data_check" / "report.json"
+    if data_check.is_file():  # the data check before training (trainer/lifecycle/data_check.py)
+        from trainer.lifecycle.data_check import html_section
+
+        parts.append(html_section(json.loads(data_check.read_text())))
     parts.append("</body></html>")
     return "\n".join(parts)
 

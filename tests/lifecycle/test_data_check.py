@@ -86,3 +86,8 @@ def test_training_stops_before_step_one_or_warns(tmp_path, shared_cache):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "training anyway" in proc.stdout + proc.stderr
     assert (run / "checkpoints" / "step-00000002").is_dir()
+    # The run's report carries the data check's section.
+    proc = cli("trainer.report", f"run.dir={run}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    html = (run / "report" / "index.html").read_text()
+    assert "Data check: FAILED" in html and "Exact duplicates" in html
