@@ -3,13 +3,14 @@
 `data.quality` (pulled into the text data configs by their defaults list), and the top-level
 `registry`, `promote` and `pipeline` sections of the training config (the pipeline composes the
 training config, so one command line sets both). The small tools (`trainer.promote`,
-`trainer.drift`) take the same keys as key=value arguments, typed from these dataclasses.
+`trainer.drift`) take the same keys as key=value arguments, typed from these dataclasses
+(trainer/cli_args.py: keys_of).
 
 Imports nothing of the project: the config package registers these in Hydra's ConfigStore.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 ON_FAIL = ("error", "warn")
@@ -97,49 +98,6 @@ class PipelineConfig:
     drift_reference: Optional[str] = None  # a run dir or data path (trigger=drift)
     drift: DriftConfig = field(default_factory=DriftConfig)
     stop_after: Optional[str] = None  # drills and tests: end after this step, as a kill between steps would
-
-
-def keys_of(prefix: str, cls) -> dict[str, type]:
-    """{'prefix.field': parser} for a dataclass's simple fields (the key=value tools' argument types)."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    return {f"{prefix}.{f.name}": _parser(hints[f.name]) for f in fields(cls) if not is_dataclass(hints[f.name])}
-
-
-def _parser(typ) -> type:
-    import typing
-
-    if typing.get_origin(typ) in (list, List):
-        return _str_list  # type: ignore[return-value]
-    args = [a for a in typing.get_args(typ) if a is not type(None)]  # Optional[X] -> X, and "null" parses to None
-    base = args[0] if args else typ
-    if base is bool:
-        return _bool  # type: ignore[return-value]
-    if base in (int, float, str):
-        return _optional(base) if args else base  # type: ignore[return-value]
-    return str
-
-
-def _bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "1", "yes", "on"):
-        return True
-    if v in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(value)
-
-
-def _optional(base: type):
-    def parse(value: str):
-        return None if value.strip().lower() in ("null", "none", "") else base(value)
-
-    parse.__name__ = base.__name__
-    return parse
-
-
-def _str_list(value: str) -> list[str]:
-    return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
 
 
 # --------------------------------------------------------------------------- validation (ranges; UserError names the key)
