@@ -28,16 +28,16 @@ def run(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from trainer.config import compose_config
-    from trainer.lifecycle.config import DataQualityConfig
+    from trainer.lifecycle.config import quality_of
     from trainer.lifecycle.data_check import cached_checks, failure_lines, summary_line, write_report
 
     out = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
     cfg = compose_config([a for a in args if not a.startswith("out=")])
-    if cfg.data.get("quality") is None:
-        raise UserError(f"data._target_={cfg.data._target_} has no data.quality section: the data check reads text "
-                        "corpora (data=stdlib or data=text data.path=...)")
+    q = quality_of(cfg.data)
+    if q is None:
+        raise UserError(f"data._target_={cfg.data._target_}: the data check reads text corpora (data=stdlib or "
+                        "data=text data.path=...)")
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    q = DataQualityConfig(**data["quality"])
     report, _ = cached_checks(data, q)
     out_dir = Path(out[-1]) if out else Path(cfg.paths.runs_dir) / "data_check" / report["data_fingerprint"]
     json_path, html_path = write_report(report, out_dir.expanduser().absolute())

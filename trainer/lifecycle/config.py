@@ -159,11 +159,31 @@ def check_pipeline_config(p, prefix: str = "pipeline") -> None:
     check_drift_config(p.drift, f"{prefix}.drift")
 
 
+def quality_of(data) -> DataQualityConfig | None:
+    """The data check's settings of a `data` section: None for data modules that are not text corpora;
+    for text, data.quality with the schema's defaults for every key it leaves out (absent or null: all)."""
+    if data is None or data.get("_target_") != "trainer.data.TokenDataModule":
+        return None
+    from dataclasses import fields
+
+    from omegaconf import DictConfig, OmegaConf
+
+    given = data.get("quality")
+    given = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else dict(given or {})
+    names = [f.name for f in fields(DataQualityConfig)]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        from trainer.errors import closest
+
+        _fail(f"unknown config key 'data.quality.{unknown[0]}'.{closest(unknown[0], names)} Valid keys: {', '.join(names)}.")
+    q = DataQualityConfig(**given)
+    check_quality_config(q)
+    return q
+
+
 def check_lifecycle_config(cfg) -> None:
     """The lifecycle sections of a composed training config."""
-    data = cfg.get("data")
-    if data is not None and data.get("quality") is not None:
-        check_quality_config(data.quality)
+    quality_of(cfg.get("data"))
     check_registry_config(cfg.registry)
     check_promote_config(cfg.promote)
     if cfg.get("pipeline") is not None:

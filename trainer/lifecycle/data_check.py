@@ -301,12 +301,12 @@ def check_before_training(cfg, run_dir: Path, rank: int) -> dict[str, Any] | Non
     rank 0 writes it into the run dir. Raises UserError on a failed check with data.quality.on_fail=error."""
     from omegaconf import OmegaConf
 
+    from trainer.lifecycle.config import quality_of
+
     data = cfg.get("data")
-    if data is None or data.get("quality") is None or not data.quality.enabled:
+    q = quality_of(data)  # None: not a text corpus (tables, your own data module): nothing to read as documents
+    if q is None or not q.enabled:
         return None
-    if data.get("_target_") != "trainer.data.TokenDataModule":
-        return None  # other data modules (tables, your own): nothing to read as documents
-    q = DataQualityConfig(**OmegaConf.to_container(data.quality, resolve=True))
     resolved = OmegaConf.to_container(data, resolve=True)
     report, computed = cached_checks(resolved, q)
     if rank == 0:

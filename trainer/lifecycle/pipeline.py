@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.errors import UserError
-from trainer.lifecycle.config import DriftConfig, PromoteConfig, RegistryConfig
+from trainer.lifecycle.config import DriftConfig, PromoteConfig, RegistryConfig, quality_of
 
 STATE = "pipeline.json"
 # Exit codes for cron and CI (README "Model lifecycle").
@@ -62,7 +62,8 @@ def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None
     model = p.model_name or cfg.run.name
     runs_dir = str(Path(cfg.paths.runs_dir).expanduser().absolute())
     promote_args = _changed(cfg, "promote", PromoteConfig) + _changed(cfg, "registry", RegistryConfig)
-    quality = OmegaConf.to_container(cfg.data.get("quality") or {}, resolve=True)
+    q = quality_of(cfg.data)
+    quality = asdict(q) if q else {}
     eval_tokens = cfg.promote.eval_max_tokens
     steps = {
         "data_check": Step("data_check", ["trainer.data_check", *train_args, f"out={run_dir / 'data_check'}"],
@@ -108,8 +109,6 @@ def run_pipeline(cfg, train_args: list[str], run_dir: Path, data_fingerprint: st
                                          "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             _write_state(state_path, state)
             log(f"{head}: done in {seconds}s" + (f" (exit {code})" if code else ""))
-        if step.name == "data_check" and code == CHECK_FAILED and CHECK_FAILED not in step.ok_codes:
-            return CHECK_FAILED
         if cfg.pipeline.stop_after == step.name:
             log(f"pipeline.stop_after={step.name}: stopping here (re-run to continue)")
             return DONE
