@@ -10,8 +10,8 @@ Rank r's micro-step a (0 <= a < accumulate) takes the slots
     (a * world + r) * batch_size + i,   i in [0, batch_size).
 
 With several sources (a weighted mixture) the same 64-bit key also picks the source: its top
-53 bits, as a fraction in [0, 1), against the cumulative normalised weights; a second mix of the
-key picks the window inside that source. So the mixture too is a pure function of
+53 bits, as a fraction in [0, 1), against the cumulative normalised weights; the key modulo the
+source's window count picks the window inside it. So the mixture too is a pure function of
 (seed, step, slot), and the realised share of each source can be recomputed for any range of
 steps without having recorded anything.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -62,30 +63,36 @@ class Mixture:
         if min(self.num_windows) <= 0 or min(self.weights) <= 0:
             raise ValueError(f"window counts and weights must be positive: {self.num_windows}, {self.weights}")
 
-    @property
+    @cached_property
     def starts(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.num_windows)[:-1]]).astype(np.int64)
+
+    @cached_property
+    def shares(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype=np.float64)
+        return w / w.sum()
+
+    @cached_property
+    def _cumulative(self) -> np.ndarray:
+        return np.cumsum(self.shares)
+
+    @cached_property
+    def _sizes(self) -> np.ndarray:
+        return np.asarray(self.num_windows, dtype=np.uint64)
 
     @property
     def total(self) -> int:
         return int(sum(self.num_windows))
 
-    @property
-    def shares(self) -> np.ndarray:
-        w = np.asarray(self.weights, dtype=np.float64)
-        return w / w.sum()
-
     def sources_of_keys(self, keys: np.ndarray) -> np.ndarray:
         u = (np.asarray(keys, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
-        cumulative = np.cumsum(self.shares)
-        return np.minimum(np.searchsorted(cumulative, u, side="right"), len(self.weights) - 1)
+        return np.minimum(np.searchsorted(self._cumulative, u, side="right"), len(self.weights) - 1)
 
     def window_ids(self, keys: np.ndarray) -> np.ndarray:
+        # The source comes from the key's top bits, the window from the key modulo the source's size: the
+        # keys of one source fill an interval of ~share * 2^64 values, so the window is as uniform as alone.
         source = self.sources_of_keys(keys)
-        sizes = np.asarray(self.num_windows, dtype=np.uint64)[source]
-        with np.errstate(over="ignore"):
-            inside = (splitmix64(keys) % sizes).astype(np.int64)  # another mix: independent of the source choice
-        return self.starts[source] + inside
+        return self.starts[source] + (np.asarray(keys, dtype=np.uint64) % self._sizes[source]).astype(np.int64)
 
     def source_of(self, window_ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, np.asarray(window_ids, dtype=np.int64), side="right") - 1
@@ -203,8 +210,9 @@ class TokenWindows(Dataset):
         return self.num_tokens - self.seq_len
 
     def tokens(self) -> np.ndarray:
+        """The token file, memory-mapped (as a plain ndarray view: cheaper to index than np.memmap)."""
         if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+            self._tokens = np.asarray(np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,)))
         return self._tokens
 
     def __getitem__(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,10 +249,12 @@ class MixtureWindows(Dataset):
             time.sleep(self.delay_s)
         ids = np.asarray(window_ids, dtype=np.int64)
         source = np.searchsorted(self.starts, ids, side="right") - 1
-        out = np.empty((len(ids), self.seq_len + 1), dtype=np.int64)
-        for s in np.unique(source):
-            mine = source == s
-            out[mine] = self.parts[s].window(ids[mine] - self.starts[s])
+        offsets = ids - self.starts[source]
+        tokens = [p.tokens() for p in self.parts]
+        n = self.seq_len + 1
+        out = np.empty((len(ids), n), dtype=np.int64)
+        for row, (s, o) in enumerate(zip(source.tolist(), offsets.tolist())):  # a window is a contiguous slice
+            out[row] = tokens[s][o : o + n]
         windows = torch.from_numpy(out)
         return windows[:, :-1], windows[:, 1:]
 

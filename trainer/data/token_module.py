@@ -243,9 +243,12 @@ class TokenDataModule(pl.LightningDataModule):
     # --- batches --------------------------------------------------------------------------------
 
     def windows(self, split: str, delay_s: float = 0.0) -> TokenWindows | MixtureWindows:
-        parts = [TokenWindows(s.path(split), s.meta["dtype"], s.num_tokens(split), self.seq_len, 0.0 if len(
-            self.shard_sets) > 1 else delay_s) for s in self.shard_sets]
-        return parts[0] if len(parts) == 1 else MixtureWindows(parts, delay_s)
+        parts = [TokenWindows(s.path(split), s.meta["dtype"], s.num_tokens(split), self.seq_len)
+                 for s in self.shard_sets]
+        if len(parts) == 1:
+            parts[0].delay_s = delay_s
+            return parts[0]
+        return MixtureWindows(parts, delay_s)
 
     def sampling_space(self, windows: TokenWindows | MixtureWindows) -> int | Mixture:
         """What training draws window ids from: one source's windows, or the weighted mixture."""
