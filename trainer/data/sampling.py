@@ -9,9 +9,9 @@ micro-batches sees the same global batch as 2 processes accumulating 1.
 Rank r's micro-step a (0 <= a < accumulate) takes the slots
     (a * world + r) * batch_size + i,   i in [0, batch_size).
 
-With several sources (a weighted mixture) the same 64-bit key also picks the source: its top
-53 bits, as a fraction in [0, 1), against the cumulative normalised weights; the key modulo the
-source's window count picks the window inside it. So the mixture too is a pure function of
+With several sources (a weighted mixture) the same 64-bit key also picks the source: the key, as
+a fraction of 2^64, against the cumulative normalised weights; the key modulo the source's window
+count picks the window inside it. So the mixture too is a pure function of
 (seed, step, slot), and the realised share of each source can be recomputed for any range of
 steps without having recorded anything.
 """
@@ -73,26 +73,32 @@ class Mixture:
         return w / w.sum()
 
     @cached_property
-    def _cumulative(self) -> np.ndarray:
-        return np.cumsum(self.shares)
+    def _thresholds(self) -> np.ndarray:
+        """Source s takes the keys in (thresholds[s-1], thresholds[s]]; the last is the largest key."""
+        cut = [min(int(c * 2.0**64), (1 << 64) - 1) for c in np.cumsum(self.shares)[:-1]]
+        return np.array([*cut, (1 << 64) - 1], dtype=np.uint64)
 
     @cached_property
     def _sizes(self) -> np.ndarray:
         return np.asarray(self.num_windows, dtype=np.uint64)
+
+    @cached_property
+    def _starts_u64(self) -> np.ndarray:
+        return self.starts.astype(np.uint64)
 
     @property
     def total(self) -> int:
         return int(sum(self.num_windows))
 
     def sources_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        u = (np.asarray(keys, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
-        return np.minimum(np.searchsorted(self._cumulative, u, side="right"), len(self.weights) - 1)
+        """The key as a fraction of 2^64 against the cumulative shares (the top bits decide)."""
+        return np.searchsorted(self._thresholds, keys, side="left")
 
     def window_ids(self, keys: np.ndarray) -> np.ndarray:
         # The source comes from the key's top bits, the window from the key modulo the source's size: the
         # keys of one source fill an interval of ~share * 2^64 values, so the window is as uniform as alone.
         source = self.sources_of_keys(keys)
-        return self.starts[source] + (np.asarray(keys, dtype=np.uint64) % self._sizes[source]).astype(np.int64)
+        return (self._starts_u64[source] + keys % self._sizes[source]).view(np.int64)
 
     def source_of(self, window_ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, np.asarray(window_ids, dtype=np.int64), side="right") - 1
@@ -218,16 +224,25 @@ class TokenWindows(Dataset):
     def __getitem__(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.delay_s:
             time.sleep(self.delay_s)  # debug knob: make the run input-bound on purpose
-        windows = torch.from_numpy(self.window(offsets).astype(np.int64))  # (B, T+1)
-        return windows[:, :-1], windows[:, 1:]
-
-    def window(self, offsets: np.ndarray) -> np.ndarray:
-        """(B, T+1) token ids, in the shard's dtype."""
-        index = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(self.seq_len + 1)
-        return self.tokens()[index]
+        offsets = np.asarray(offsets, dtype=np.int64)
+        return read_windows([self.tokens()], np.zeros(len(offsets), dtype=np.int64), offsets, self.seq_len + 1)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokens": None}
+
+
+def read_windows(tokens: list[np.ndarray], source: np.ndarray, offsets: np.ndarray, n: int):
+    """(inputs, targets), LongTensors (B, n - 1): row i is tokens[source[i]][offsets[i] : offsets[i] + n], shifted.
+
+    Each window is a contiguous slice, copied row by row in the shards' dtype (in file order, kinder
+    to the caches) and widened once: cheaper than a (B, n) fancy-index gather.
+    """
+    out = np.empty((len(offsets), n), dtype=tokens[0].dtype)
+    order = np.lexsort((offsets, source))
+    for row, s, o in zip(order.tolist(), source[order].tolist(), offsets[order].tolist()):
+        out[row] = tokens[s][o : o + n]
+    windows = torch.from_numpy(out.astype(np.int64))
+    return windows[:, :-1], windows[:, 1:]
 
 
 class MixtureWindows(Dataset):
@@ -239,10 +254,18 @@ class MixtureWindows(Dataset):
         sizes = [p.num_windows for p in self.parts]
         self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.seq_len = self.parts[0].seq_len
+        self._tokens: list[np.ndarray] | None = None
 
     @property
     def num_windows(self) -> int:
         return int(sum(p.num_windows for p in self.parts))
+
+    def _open(self) -> list[np.ndarray]:
+        self._tokens = [p.tokens() for p in self.parts]
+        return self._tokens
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}
 
     def __getitem__(self, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.delay_s:
@@ -250,13 +273,8 @@ class MixtureWindows(Dataset):
         ids = np.asarray(window_ids, dtype=np.int64)
         source = np.searchsorted(self.starts, ids, side="right") - 1
         offsets = ids - self.starts[source]
-        tokens = [p.tokens() for p in self.parts]
-        n = self.seq_len + 1
-        out = np.empty((len(ids), n), dtype=np.int64)
-        for row, (s, o) in enumerate(zip(source.tolist(), offsets.tolist())):  # a window is a contiguous slice
-            out[row] = tokens[s][o : o + n]
-        windows = torch.from_numpy(out)
-        return windows[:, :-1], windows[:, 1:]
+        tokens = self._tokens if self._tokens is not None else self._open()
+        return read_windows(tokens, source, offsets, self.seq_len + 1)
 
 
 class StepIndexedDataLoader(DataLoader):
