@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 _MASK64 = (1 << 64) - 1
+STEPS_PER_DRAW = 64  # the train sampler computes this many steps' window offsets per call
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -39,20 +40,27 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def sample_keys(seed: int, step: int, slots: np.ndarray) -> np.ndarray:
-    """64-bit hash of (seed, step, slot) for each slot: mix the seed, fold in the step, mix, fold in the slot, mix."""
+def sample_keys(seed: int, step: int | np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """64-bit hash of (seed, step, slot) for each slot: mix the seed, fold in the step, mix, fold in the slot, mix.
+
+    With an array of steps, a (steps, slots) grid of the same keys: many steps in one call.
+    """
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
-        h = splitmix64(np.array([seed & _MASK64], dtype=np.uint64))
-        h = splitmix64(h ^ np.uint64(step & _MASK64))
-        return splitmix64(h ^ np.asarray(slots, dtype=np.uint64))
+        h = splitmix64(np.uint64(seed & _MASK64))
+        h = splitmix64(h ^ np.asarray(step, dtype=np.uint64))
+        slots = np.asarray(slots, dtype=np.uint64)
+        return splitmix64((h[:, None] if h.ndim else h) ^ slots)
+
+
+def window_id(source: np.ndarray, offset: np.ndarray, num_sources: int) -> np.ndarray:
+    """A mixture's window id: offset * num_sources + source (decoded with one divmod per batch)."""
+    return np.asarray(offset, dtype=np.int64) * num_sources + np.asarray(source, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class Mixture:
-    """Several sources' windows, numbered one source after another, drawn with these weights.
-
-    Source s owns the window ids [starts[s], starts[s] + num_windows[s]).
-    """
+    """Several sources' windows, drawn with these weights. A window id names (source, offset in
+    that source's windows), see window_id."""
 
     num_windows: tuple[int, ...]
     weights: tuple[float, ...]  # positive; normalised here
@@ -62,10 +70,6 @@ class Mixture:
             raise ValueError("a mixture needs one weight per source, and at least one source")
         if min(self.num_windows) <= 0 or min(self.weights) <= 0:
             raise ValueError(f"window counts and weights must be positive: {self.num_windows}, {self.weights}")
-
-    @cached_property
-    def starts(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.num_windows)[:-1]]).astype(np.int64)
 
     @cached_property
     def shares(self) -> np.ndarray:
@@ -82,14 +86,6 @@ class Mixture:
     def _sizes(self) -> np.ndarray:
         return np.asarray(self.num_windows, dtype=np.uint64)
 
-    @cached_property
-    def _starts_u64(self) -> np.ndarray:
-        return self.starts.astype(np.uint64)
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.num_windows))
-
     def sources_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """The key as a fraction of 2^64 against the cumulative shares (the top bits decide)."""
         return np.searchsorted(self._thresholds, keys, side="left")
@@ -98,15 +94,17 @@ class Mixture:
         # The source comes from the key's top bits, the window from the key modulo the source's size: the
         # keys of one source fill an interval of ~share * 2^64 values, so the window is as uniform as alone.
         source = self.sources_of_keys(keys)
-        return (self._starts_u64[source] + keys % self._sizes[source]).view(np.int64)
+        return window_id(source, (keys % self._sizes[source]).view(np.int64), len(self.weights))
 
-    def source_of(self, window_ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.starts, np.asarray(window_ids, dtype=np.int64), side="right") - 1
+    def split(self, window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, offset) of each window id."""
+        offset, source = np.divmod(np.asarray(window_ids, dtype=np.int64), len(self.weights))
+        return source, offset
 
 
-def window_offsets(seed: int, step: int, slots: np.ndarray, num_windows: int | Mixture) -> np.ndarray:
+def window_offsets(seed: int, step: int | np.ndarray, slots: np.ndarray, num_windows: int | Mixture) -> np.ndarray:
     """Start offsets (int64) of the windows for these slots; windows start in [0, num_windows)
-    (with a Mixture: window ids over all its sources)."""
+    (with a Mixture: window ids, naming a source and an offset in it)."""
     keys = sample_keys(seed, step, slots)
     if isinstance(num_windows, Mixture):
         return num_windows.window_ids(keys)
@@ -185,10 +183,14 @@ class StepSampler(Sampler[np.ndarray]):
         self.batch_size, self.num_windows = batch_size, num_windows
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for step in range(self.current_step(), self.max_steps):
-            yield from micro_batch_indices(
-                self.seed, step, self.accumulate, self.world_size, self.rank, self.batch_size, self.num_windows
-            )
+        # micro_batch_indices for STEPS_PER_DRAW steps at a time: the same values, a fraction of the calls.
+        slots = np.concatenate([micro_batch_slots(a, self.world_size, self.rank, self.batch_size)
+                                for a in range(self.accumulate)])
+        for first in range(self.current_step(), self.max_steps, STEPS_PER_DRAW):
+            steps = np.arange(first, min(first + STEPS_PER_DRAW, self.max_steps))
+            offsets = window_offsets(self.seed, steps, slots, self.num_windows)  # (steps, accumulate * batch)
+            for row in offsets.reshape(len(steps), self.accumulate, self.batch_size):
+                yield from row
 
     def __len__(self) -> int:
         # The whole run is one epoch. On resume Lightning adds the micro-batches it had already
@@ -246,19 +248,13 @@ def read_windows(tokens: list[np.ndarray], source: np.ndarray, offsets: np.ndarr
 
 
 class MixtureWindows(Dataset):
-    """Windows of several sources' token files, indexed by window ids (see Mixture): each window
+    """Windows of several sources' token files, indexed by window ids (see window_id): each window
     lies inside one source, never across two."""
 
     def __init__(self, parts: Sequence[TokenWindows], delay_s: float = 0.0):
         self.parts, self.delay_s = list(parts), delay_s
-        sizes = [p.num_windows for p in self.parts]
-        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.seq_len = self.parts[0].seq_len
         self._tokens: list[np.ndarray] | None = None
-
-    @property
-    def num_windows(self) -> int:
-        return int(sum(p.num_windows for p in self.parts))
 
     def _open(self) -> list[np.ndarray]:
         self._tokens = [p.tokens() for p in self.parts]
@@ -270,9 +266,7 @@ class MixtureWindows(Dataset):
     def __getitem__(self, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.delay_s:
             time.sleep(self.delay_s)
-        ids = np.asarray(window_ids, dtype=np.int64)
-        source = np.searchsorted(self.starts, ids, side="right") - 1
-        offsets = ids - self.starts[source]
+        offsets, source = np.divmod(np.asarray(window_ids, dtype=np.int64), len(self.parts))  # see window_id
         tokens = self._tokens if self._tokens is not None else self._open()
         return read_windows(tokens, source, offsets, self.seq_len + 1)
 

@@ -29,6 +29,7 @@ from trainer.data.sampling import (
     micro_batch_indices,
     rank_val_batches,
     realised_mixture,
+    window_id,
 )
 from trainer.data.shards import Shards, cache_root, ensure_shards, unigram_entropy_nats
 from trainer.data.sources import (
@@ -274,8 +275,8 @@ class TokenDataModule(pl.LightningDataModule):
         else:
             per_source = _share_out(count, self.weights)
             offsets = np.concatenate([
-                start + evenly_spaced_offsets(n, part.num_windows)
-                for n, start, part in zip(per_source, windows.starts, windows.parts)
+                window_id(np.full(n, s), evenly_spaced_offsets(n, part.num_windows), len(windows.parts))
+                for s, (n, part) in enumerate(zip(per_source, windows.parts))
             ])
         return rank_val_batches(offsets, world_size, rank, self.batch_size)
 
