@@ -29,6 +29,7 @@ from trainer.data.sampling import (
     micro_batch_indices,
     rank_val_batches,
     realised_mixture,
+    window_id,
 )
 from trainer.data.shards import Shards, cache_root, ensure_shards, unigram_entropy_nats
 from trainer.data.sources import (
@@ -243,9 +244,12 @@ class TokenDataModule(pl.LightningDataModule):
     # --- batches --------------------------------------------------------------------------------
 
     def windows(self, split: str, delay_s: float = 0.0) -> TokenWindows | MixtureWindows:
-        parts = [TokenWindows(s.path(split), s.meta["dtype"], s.num_tokens(split), self.seq_len, 0.0 if len(
-            self.shard_sets) > 1 else delay_s) for s in self.shard_sets]
-        return parts[0] if len(parts) == 1 else MixtureWindows(parts, delay_s)
+        parts = [TokenWindows(s.path(split), s.meta["dtype"], s.num_tokens(split), self.seq_len)
+                 for s in self.shard_sets]
+        if len(parts) == 1:
+            parts[0].delay_s = delay_s
+            return parts[0]
+        return MixtureWindows(parts, delay_s)
 
     def sampling_space(self, windows: TokenWindows | MixtureWindows) -> int | Mixture:
         """What training draws window ids from: one source's windows, or the weighted mixture."""
@@ -271,8 +275,8 @@ class TokenDataModule(pl.LightningDataModule):
         else:
             per_source = _share_out(count, self.weights)
             offsets = np.concatenate([
-                start + evenly_spaced_offsets(n, part.num_windows)
-                for n, start, part in zip(per_source, windows.starts, windows.parts)
+                window_id(np.full(n, s), evenly_spaced_offsets(n, part.num_windows), len(windows.parts))
+                for s, (n, part) in enumerate(zip(per_source, windows.parts))
             ])
         return rank_val_batches(offsets, world_size, rank, self.batch_size)
 
