@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainer.errors import UserError
+from trainer.errors import UserError, closest
 
 FORMATS = ("safetensors", "hf")
 HF_SUBDIR = "hf"
@@ -34,14 +34,13 @@ def export(run_dir: Path, checkpoint: Path | None = None, format: str = "safeten
     from trainer.checkpoint.weights import load_trained_net
 
     if format not in FORMATS:
-        from trainer.errors import closest
-
         raise UserError(f"format={format!r} is not one of {', '.join(FORMATS)}.{closest(format, FORMATS)}")
     run_dir = Path(run_dir)
     net, info = load_trained_net(run_dir, checkpoint)  # every check that can fail comes before any write
     if format == "hf":
-        from trainer.export.hf import write_hf
+        from trainer.export.hf import check_exportable, write_hf
 
+        check_exportable(net)
         target = Path(out) if out else run_dir / "export" / HF_SUBDIR
         written = _atomic_dir(target, lambda tmp: write_hf(net, info, run_dir, tmp))
         if wandb:

@@ -17,13 +17,9 @@ def write_hf(net, info, run_dir: Path, out: Path) -> Path:
 
     from trainer.export import hf_tokenizer
     from trainer.export.card import model_card
-    from trainer.models.gpt import GPTConfig
     from trainer.models.llama_hf import hf_config, to_hf_state
 
-    cfg = getattr(net, "cfg", None)
-    if not isinstance(cfg, GPTConfig):
-        raise UserError(f"format=hf exports the GPT (trainer.models.gpt.GPT); this run's model is {type(net).__name__}. "
-                        "Use format=safetensors.")
+    cfg = check_exportable(net)
     hf_tokenizer.save_run_tokenizer(run_dir, out)
     tok = hf_tokenizer.load_dir(out)  # the tokenizer as it ships
     vocab = cfg.vocab_size  # the true vocabulary; the embedding's padding rows stay behind
@@ -41,6 +37,17 @@ def write_hf(net, info, run_dir: Path, out: Path) -> Path:
     _write_json(out / PROVENANCE, provenance)
     (out / "README.md").write_text(model_card(run_dir, provenance, cfg))
     return out
+
+
+def check_exportable(net):
+    """The GPT's config, or a UserError for a model that has no Llama form."""
+    from trainer.models.gpt import GPTConfig
+
+    cfg = getattr(net, "cfg", None)
+    if not isinstance(cfg, GPTConfig):
+        raise UserError(f"format=hf exports the GPT (trainer.models.gpt.GPT); this run's model is {type(net).__name__}. "
+                        "Use format=safetensors.")
+    return cfg
 
 
 def provenance_of(run_dir: Path, info, tok, cfg) -> dict:
