@@ -307,15 +307,21 @@ def run_tasks(hf_dir: Path, tasks: Sequence[str], task_dir: Path | None = None, 
 
 
 def hf_export_for(run_dir: Path, step: int) -> Path:
-    """The run's HF export of `step`, made (without W&B) if missing or of another step."""
+    """The run's HF export of the checkpoint of `step`: reused when its provenance names that very checkpoint
+    (manifest hash), else made (without W&B)."""
+    import hashlib
+
+    from trainer.checkpoint.store import MANIFEST, step_dir_name
     from trainer.export import HF_SUBDIR, export
     from trainer.export.hf import PROVENANCE
 
-    hf_dir = run_dir / "export" / HF_SUBDIR
-    provenance = hf_dir / PROVENANCE
-    if provenance.is_file() and json.loads(provenance.read_text()).get("step") == step:
-        return hf_dir
-    return export(run_dir, format="hf", wandb=False)
+    ckpt = Path(run_dir) / "checkpoints" / step_dir_name(step)
+    hf_dir = Path(run_dir) / "export" / HF_SUBDIR
+    if (hf_dir / PROVENANCE).is_file() and (ckpt / MANIFEST).is_file():
+        made_from = json.loads((hf_dir / PROVENANCE).read_text()).get("checkpoint_manifest_sha256")
+        if made_from == hashlib.sha256((ckpt / MANIFEST).read_bytes()).hexdigest():
+            return hf_dir
+    return export(run_dir, checkpoint=ckpt, format="hf", wandb=False)
 
 
 # --------------------------------------------------------------------------- the command
