@@ -103,13 +103,13 @@ def log_model_artifact(run, run_dir: Path, path: Path, *, kind: str, step: int) 
         return None
 
 
-def log_checkpoint_artifact(loggers: list, run_dir: Path, ckpt_root: Path, step: int) -> list[str] | None:
+def log_checkpoint_artifact(loggers: list, run_dir: Path, step: int) -> list[str] | None:
     """From the training process, after fit: the checkpoint of `step` as a version of model-<id>."""
     from trainer.checkpoint.store import step_dir_name
 
     for logger in loggers:
         if type(logger).__name__.endswith("WandbLogger") and not getattr(logger, "_broken", False):
-            return log_model_artifact(logger.experiment, run_dir, Path(ckpt_root) / step_dir_name(step),
+            return log_model_artifact(logger.experiment, run_dir, RunDir(run_dir).checkpoints / step_dir_name(step),
                                       kind="checkpoint", step=step)
     return None
 
