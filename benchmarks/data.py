@@ -67,14 +67,19 @@ def build_once(num_proc: int, tokenizer: str) -> float:
 
 def loader_tokens_per_s(seq_len: int, batch_size: int, workers: int, batches: int) -> float:
     """Tokens/s out of the real train loader (step-indexed sampler, memmap windows)."""
-    import pytorch_lightning as pl
-
     from trainer.data import TokenDataModule
 
     dm = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=seq_len, batch_size=batch_size, num_workers=workers,
                          cache_dir=str(Path(compose([]).data.cache_dir)))
     dm.prepare_data()
     dm.setup("fit")
+    return train_loader_tokens_per_s(dm, batches)
+
+
+def train_loader_tokens_per_s(dm, batches: int) -> float:
+    """Tokens/s out of a data module's train loader, attached to a real pl.Trainer for `batches` steps."""
+    import pytorch_lightning as pl
+
     dm.trainer = pl.Trainer(max_steps=batches, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                             enable_checkpointing=False, enable_model_summary=False)
     it = iter(dm.train_dataloader())

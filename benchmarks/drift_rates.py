@@ -9,7 +9,7 @@ replaced by English prose (the language reference topics behind help(), pydoc_da
 measures false alarms; above 0, detection. Each cell is `trials` seeded draws, for the byte
 tokenizer (the default) and a 4096-token BPE learned on a separate sample of the code. Reported
 per cell: the share of trials flagged as drifted, overall and by measurement, with the default
-thresholds (trainer/lifecycle/config.py, DriftConfig).
+thresholds (trainer/config/schema.py, DriftConfig).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.lifecycle.corpora import prose_paragraphs, stdlib_paragraphs  # noqa: E402
 from trainer.data.tokenizer import BPETokenizer, ByteTokenizer  # noqa: E402
-from trainer.lifecycle.config import DriftConfig  # noqa: E402
+from trainer.config import DriftConfig  # noqa: E402
 from trainer.lifecycle.drift import measure  # noqa: E402
 
 

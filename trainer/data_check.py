@@ -28,7 +28,7 @@ def run(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from trainer.config import compose_config
-    from trainer.lifecycle.config import quality_of
+    from trainer.config import quality_of
     from trainer.lifecycle.data_check import cached_checks, failure_lines, summary_line, write_report
 
     out = [a.split("=", 1)[1] for a in args if a.startswith("out=")]

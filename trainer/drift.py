@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str]) -> dict:
     from trainer.cli_args import keys_of, parse_kv
     from trainer.lifecycle import require
-    from trainer.lifecycle.config import DriftConfig, check_drift_config
+    from trainer.config import DriftConfig, check_drift_config
 
     require("scipy", "python -m trainer.drift")
     from trainer.lifecycle.drift import html_page, measure, summary_lines

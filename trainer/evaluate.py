@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from trainer.errors import UserError, closest, exit_on_user_error
-
-EVAL_DIR = "eval"
+from trainer.files import atomic_write_json
+from trainer.tracking.run_dir import RunDir, load_frozen
 
 
 # --------------------------------------------------------------------------- the tokens
@@ -133,10 +133,8 @@ def eval_data_config(run_dir: Path, overrides: Sequence[str] = ()):
     ${paths.cache_dir}) resolve against the run's frozen config."""
     from omegaconf import OmegaConf, open_dict
 
-    from trainer.config import check_target_kwargs, compose_config
-    from trainer.tracking.run_dir import load_frozen
-
-    cfg = load_frozen(run_dir / "config.yaml")
+    from trainer.config import check_target, compose_config
+    cfg = load_frozen(RunDir(run_dir).config)
     if any(o.split("=", 1)[0] == "data" for o in overrides):
         composed = compose_config(list(overrides))  # the Hydra defaults of the option, and clear errors
         with open_dict(cfg):
@@ -152,7 +150,7 @@ def eval_data_config(run_dir: Path, overrides: Sequence[str] = ()):
     except Exception as e:  # noqa: BLE001 - a missing value (???) or a broken interpolation
         raise UserError(f"the data config for evaluation is incomplete: {str(e).splitlines()[0]} "
                         "(give it as data.KEY=VALUE)") from None
-    check_target_kwargs("data", data)
+    check_target("data", data)
     return data
 
 
@@ -178,7 +176,7 @@ def load_model(source: Path | str, checkpoint: Path | None = None, device: str |
 
     source = Path(source).expanduser().absolute()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if (source / "config.yaml").is_file():
+    if RunDir(source).is_run_dir():
         from trainer.checkpoint.weights import load_trained_net
 
         net, info = load_trained_net(source, checkpoint)
@@ -307,15 +305,21 @@ def run_tasks(hf_dir: Path, tasks: Sequence[str], task_dir: Path | None = None, 
 
 
 def hf_export_for(run_dir: Path, step: int) -> Path:
-    """The run's HF export of `step`, made (without W&B) if missing or of another step."""
+    """The run's HF export of the checkpoint of `step`: reused when its provenance names that very checkpoint
+    (manifest hash), else made (without W&B)."""
+    import hashlib
+
+    from trainer.checkpoint.store import MANIFEST, step_dir_name
     from trainer.export import HF_SUBDIR, export
     from trainer.export.hf import PROVENANCE
 
-    hf_dir = run_dir / "export" / HF_SUBDIR
-    provenance = hf_dir / PROVENANCE
-    if provenance.is_file() and json.loads(provenance.read_text()).get("step") == step:
-        return hf_dir
-    return export(run_dir, format="hf", wandb=False)
+    ckpt = RunDir(run_dir).checkpoints / step_dir_name(step)
+    hf_dir = RunDir(run_dir).export / HF_SUBDIR
+    if (hf_dir / PROVENANCE).is_file() and (ckpt / MANIFEST).is_file():
+        made_from = json.loads((hf_dir / PROVENANCE).read_text()).get("checkpoint_manifest_sha256")
+        if made_from == hashlib.sha256((ckpt / MANIFEST).read_bytes()).hexdigest():
+            return hf_dir
+    return export(run_dir, checkpoint=ckpt, format="hf", wandb=False)
 
 
 # --------------------------------------------------------------------------- the command
@@ -325,7 +329,6 @@ def run(run_dir: Path, *, split: str = "val", max_tokens: int | None = None, nam
         progress: bool = True) -> dict[str, Any]:
     """What `python -m trainer.evaluate` does: evaluate, write <run_dir>/eval/<name>.json, update W&B."""
     from trainer.tracking.artifacts import log_summary
-    from trainer.tracking.manifest import write_json
 
     name = name or (split if not data_overrides else f"{split}-other")
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -336,8 +339,9 @@ def run(run_dir: Path, *, split: str = "val", max_tokens: int | None = None, nam
               **evaluate(model, tokens, batch_size=batch_size, progress=progress)}
     if tasks:
         result["tasks"] = run_tasks(hf_export_for(run_dir, model.step), tasks, task_dir, limit, batch_size)
-    (run_dir / EVAL_DIR).mkdir(exist_ok=True)
-    write_json(run_dir / EVAL_DIR / f"{name}.json", result)
+    out = RunDir(run_dir).eval / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    atomic_write_json(out, result)
     summary = {f"eval/{name}/{k}": result[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens", "checkpoint_step")}
     for task, metrics in result.get("tasks", {}).items():
         summary |= {f"eval/{name}/{task}/{m}": v for m, v in metrics.items()}
@@ -362,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
               f"tokens {result['tokens_fingerprint'][:12]}")
         for task, metrics in result.get("tasks", {}).items():
             print(f"task {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
-        print(f"wrote {run_dir / EVAL_DIR / (result['name'] + '.json')}")
+        print(f"wrote {RunDir(run_dir).eval / (result['name'] + '.json')}")
 
 
 def _name_list(value: str) -> list[str]:

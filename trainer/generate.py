@@ -16,9 +16,9 @@ def generate(run_dir, prompt: str, tokens: int, temperature: float, top_k: int, 
     from hydra.utils import instantiate
 
     from trainer.checkpoint.weights import load_trained_net
-    from trainer.tracking.run_dir import load_frozen
+    from trainer.tracking.run_dir import RunDir, load_frozen
 
-    cfg = load_frozen(run_dir / "config.yaml")
+    cfg = load_frozen(RunDir(run_dir).config)
     net, _ = load_trained_net(run_dir)
     if not hasattr(net, "generate"):
         raise UserError(f"{type(net).__name__} is not a language model (it has no generate method)")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(argv: list[str]) -> int:
     from trainer.cli_args import keys_of, parse_kv
     from trainer.lifecycle import promote as lc
-    from trainer.lifecycle.config import PromoteConfig, RegistryConfig
+    from trainer.config import PromoteConfig, RegistryConfig
 
     action, version, flags, rest = split_args(argv)
     keys = {"run.dir": Path, "model": str, "paths.runs_dir": Path, **keys_of("promote", PromoteConfig), **keys_of("registry", RegistryConfig)}

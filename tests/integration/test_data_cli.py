@@ -12,22 +12,7 @@ import torch
 from tests.conftest import cli
 from tests.fixtures.hf_tokenizer import corpus_texts, local_hf_tokenizer
 from tests.integration.test_bad_input import assert_user_error
-
-TINY = [
-    "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_len=32",
-    "data.batch_size=4", "data.val_batches=2", "trainer.val_every_steps=5", "trainer.log_every_steps=1",
-    "checkpoint.every_n_steps=5", "trainer.progress_bar=false", "logger.wandb=false",
-]
-
-
-def train(run_dir: Path, cache: Path, *extra: str, timeout: int = 300):
-    return cli("trainer.train", *TINY, f"run.dir={run_dir}", f"paths.cache_dir={cache}", *extra, timeout=timeout)
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-    return proc
-
+from tests.integration.test_train_cli import ok, train
 
 def csv_corpus(path: Path) -> Path:
     with open(path, "w", newline="") as f:

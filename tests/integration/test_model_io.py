@@ -298,3 +298,29 @@ def test_lm_eval_tasks_run_in_process_on_the_export(trained, exported, tmp_path,
         acc_norm += int(np.argmax([ll / len(c) for ll, c in zip(lls, doc["choices"])]) == doc["label"])  # per character
     assert got["acc,none"] == pytest.approx(acc / len(TASK_DOCS)), (got, acc)
     assert got["acc_norm,none"] == pytest.approx(acc_norm / len(TASK_DOCS)), (got, acc_norm)
+
+
+def test_a_bpe_run_with_a_padded_embedding_exports_its_true_vocabulary(tmp_path, shared_cache):
+    """A trained BPE (vocab 300, embedding padded to 320): the export keeps 300 rows, scores as the run does."""
+    from trainer.checkpoint.weights import load_trained_net
+    from trainer.evaluate import evaluate, held_out_tokens
+    from trainer.export import export
+
+    run = tmp_path / "bpe"
+    ok(cli("trainer.train", *TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}", "trainer.max_steps=3",
+           "data.tokenizer=bpe", "data.bpe_vocab_size=330"))
+    net, _ = load_trained_net(run)
+    assert net.cfg.vocab_size == 330 and net.embed.weight.shape[0] == 384
+    hf_dir = export(run, format="hf", wandb=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    assert hf.config.vocab_size == 330 and hf.model.embed_tokens.weight.shape == (330, 32)
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    assert tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == tok.eos_token_id
+    tokens = held_out_tokens(run, "val", max_tokens=400)
+    ids = torch.from_numpy(np.asarray(tokens.ids[:384], dtype=np.int64)).view(12, 32)
+    with torch.no_grad():
+        assert (net(ids) - hf(input_ids=ids).logits).abs().max().item() <= 1e-5
+    ours, theirs = evaluate(run, tokens), evaluate(hf_dir, tokens)
+    assert abs(ours["loss"] - theirs["loss"]) < 1e-6
+    text = tok.decode(tokens.ids[1:].tolist(), skip_special_tokens=True)
+    assert ours["bytes"] == len(text.encode("utf-8")) and ours["bytes"] > ours["tokens"]  # BPE: >1 byte a token

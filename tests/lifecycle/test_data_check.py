@@ -22,7 +22,7 @@ def expected_leaks(p, is_val: np.ndarray) -> set[str]:
 
 
 def test_planted_problems_are_found_exactly(tmp_path):
-    from trainer.lifecycle.config import DataQualityConfig
+    from trainer.config import DataQualityConfig
     from trainer.data import TokenDataModule
     from trainer.lifecycle.corpus import module_documents
     from trainer.lifecycle.data_check import document_checks

@@ -19,7 +19,7 @@ def code():
 
 def test_at_most_one_false_alarm_in_20_resamples_and_a_shift_is_flagged(code):
     from trainer.data.tokenizer import ByteTokenizer
-    from trainer.lifecycle.config import DriftConfig
+    from trainer.config import DriftConfig
     from trainer.lifecycle.drift import measure
 
     cfg, tok = DriftConfig(), ByteTokenizer()
@@ -39,7 +39,7 @@ def test_at_most_one_false_alarm_in_20_resamples_and_a_shift_is_flagged(code):
 def test_byte_fallback_and_new_vocabulary_rise_on_another_script(code, tmp_path):
     """A BPE learned on code falls back to bytes on Greek text, whose words are all new."""
     from trainer.data.tokenizer import BPETokenizer
-    from trainer.lifecycle.config import DriftConfig
+    from trainer.config import DriftConfig
     from trainer.lifecycle.drift import measure
 
     ref = random.Random(1).sample(code, SAMPLE)

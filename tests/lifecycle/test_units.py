@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer.errors import UserError
-from trainer.lifecycle.config import PipelineConfig, PromoteConfig, check_pipeline_config, check_promote_config
+from trainer.config import PipelineConfig, PromoteConfig, check_pipeline_config, check_promote_config
 from trainer.lifecycle.promote import decide
 from trainer.lifecycle.registry import DecisionLog
 
@@ -61,7 +61,7 @@ def test_psi_is_zero_for_one_distribution_and_large_for_a_shift():
 
 def test_key_value_arguments_are_typed_from_the_schema():
     from trainer.cli_args import keys_of
-    from trainer.lifecycle.config import RegistryConfig
+    from trainer.config import RegistryConfig
 
     keys = keys_of("promote", PromoteConfig) | keys_of("registry", RegistryConfig)
     assert keys["promote.max_loss"]("null") is None and keys["promote.max_loss"]("2.5") == 2.5

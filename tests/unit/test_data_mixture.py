@@ -50,9 +50,9 @@ def test_the_mixture_is_a_pure_function_and_a_single_source_is_unchanged():
     ids = window_offsets(11, 3, slots, mix)
     assert np.array_equal(ids, window_offsets(11, 3, slots, mix))
     assert np.array_equal(ids[100:101], window_offsets(11, 3, slots[100:101], mix))  # slot by slot
-    src = mix.source_of(ids)
-    local = ids - mix.starts[src]
+    src, local = mix.split(ids)
     assert ((local >= 0) & (local < np.asarray(mix.num_windows)[src])).all()
+    assert np.bincount(src, minlength=3).tolist() != [256, 0, 0]  # all three drawn
     # the source comes from the same key that a single source uses for its window
     assert np.array_equal(src, mix.sources_of_keys(sample_keys(11, 3, slots)))
     one = Mixture((1000,), (1.0,))

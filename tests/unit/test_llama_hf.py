@@ -134,3 +134,12 @@ def test_init_from_refuses_grouped_query_attention_and_extra_layers(tmp_path):
         load_hf_weights(net, tmp_path / "deep")
     with pytest.raises(UserError, match="no model.safetensors"):
         load_hf_weights(net, tmp_path)
+
+
+def test_only_the_gpt_has_a_hugging_face_form():
+    from trainer.export.hf import check_exportable
+    from trainer.models.mlp import MLPClassifier
+
+    assert check_exportable(small_gpt()) is not None
+    with pytest.raises(UserError, match="format=safetensors"):
+        check_exportable(MLPClassifier(num_features=4, num_classes=3))

@@ -8,8 +8,7 @@ import torch
 
 from trainer.checkpoint import store
 from trainer.errors import UserError
-
-MODEL_SPEC = "model.json"
+from trainer.tracking.run_dir import RunDir
 
 
 def load_model_state(ckpt: store.CheckpointInfo) -> dict[str, torch.Tensor]:
@@ -41,14 +40,14 @@ def build_net(run_dir: Path):
     """Rebuild the plain nn.Module from <run_dir>/model.json (target + resolved kwargs)."""
     from hydra.utils import instantiate
 
-    path = run_dir / MODEL_SPEC
+    path = RunDir(run_dir).model_spec
     if not path.is_file():
         raise UserError(f"{path} not found: is {run_dir} a run dir that started training?")
     return instantiate(json.loads(path.read_text()))
 
 
 def newest_checkpoint(run_dir: Path) -> store.CheckpointInfo:
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     info, skipped = store.find_latest_valid(root)
     for msg in skipped:
         print(f"skipping damaged checkpoint: {msg}")
@@ -74,6 +73,6 @@ def load_trained_net(run_dir: Path, checkpoint: Path | None = None):
     net = build_net(run_dir)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{info.path} does not match the model in {run_dir / MODEL_SPEC}: "
+        raise UserError(f"{info.path} does not match the model in {RunDir(run_dir).model_spec}: "
                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return net.eval(), info

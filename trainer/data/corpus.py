@@ -179,7 +179,15 @@ def _write_dataset(writer: ShardWriter, source: Source, documents, tokenizer: To
         row += len(lengths)
         if writer.full:
             break
+    del table
+    _remove_cache_files(encoded)
     return n, {"by": "document", "val_fraction": val_fraction}
+
+
+def _remove_cache_files(ds) -> None:
+    """The tokenized arrow copy is an intermediate (as large as the shards): the shards are what is kept."""
+    for f in ds.cache_files:
+        Path(f["filename"]).unlink(missing_ok=True)
 
 
 def _write_stream(writer: ShardWriter, source: Source, tokenizer: Tokenizer, val_fraction: float, hf_cache: str,

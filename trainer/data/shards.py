@@ -21,6 +21,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from trainer.errors import UserError
+from trainer.files import atomic_write_json, fsync_path
 
 META = "meta.json"
 UNIGRAM = "unigram.npy"  # training-token counts per id
@@ -83,11 +84,11 @@ def ensure_shards(root: Path, fingerprint: str, build: Callable[[Path], dict]) -
             tmp = Path(tempfile.mkdtemp(prefix=f"{fingerprint}.tmp-", dir=root))
             try:
                 meta = build(tmp)
-                _write_json_durably(tmp / META, meta)
+                atomic_write_json(tmp / META, meta)
                 if final.exists():  # a leftover without meta.json: never completed, safe to replace under the lock
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-                _fsync_dir(root)
+                fsync_path(root)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -166,19 +167,3 @@ def unigram_entropy_nats(counts: np.ndarray) -> float:
     counts = np.asarray(counts, dtype=np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
-
-
-def _write_json_durably(path: Path, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -146,9 +146,9 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def offline_reason() -> str | None:
+def offline_reason(variables: tuple[str, ...] = _OFFLINE_VARS) -> str | None:
     """The environment variable that puts HF offline, if one is set."""
-    for var in _OFFLINE_VARS:
+    for var in variables:
         if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
             return var
     return None
@@ -303,7 +303,7 @@ def _load_dataset(source: DatasetSource, hf_cache_dir: str | None, index: int | 
         raise UserError(
             f"{at}path={spec.path!r}"
             + (f" {at}name={spec.name!r}" if spec.name else "")
-            + f" {at}split={spec.split!r}: could not load it from {where} ({type(e).__name__}: {_first_line(e)}). "
+            + f" {at}split={spec.split!r}: could not load it from {where} ({type(e).__name__}: {first_line(e)}). "
             f"Check the name, {at}name (the dataset config) and {at}split"
             + ("." if source.local else ", and the network; or download it and point the path at the local copy.")
         ) from e
@@ -325,7 +325,7 @@ def _offline_error(source: DatasetSource, reason: str, at: str) -> UserError:
 def _unreadable(source: FileSource, builder: str, e: Exception, index: int | None) -> UserError:
     at = source.spec.where(index)
     return UserError(
-        f"{at}path={source.spec.path!r}: could not read its {builder} files ({type(e).__name__}: {_first_line(e)}). "
+        f"{at}path={source.spec.path!r}: could not read its {builder} files ({type(e).__name__}: {first_line(e)}). "
         f"Fix or remove the malformed files, or select others with {at}file_glob."
     )
 
@@ -353,7 +353,7 @@ def _text_column(ds, text_field: str, where: str, at: str = "data."):
     return ds.rename_column(text_field, "text") if text_field != "text" else ds
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from trainer.data.checks import require, with_defaults
 from trainer.data.corpus import bpe_fingerprint, build_token_shards, data_fingerprint, hf_cache_dir, train_bpe
 from trainer.data.sampling import (
     Mixture,
@@ -29,6 +30,7 @@ from trainer.data.sampling import (
     micro_batch_indices,
     rank_val_batches,
     realised_mixture,
+    window_id,
 )
 from trainer.data.shards import Shards, cache_root, ensure_shards, unigram_entropy_nats
 from trainer.data.sources import (
@@ -71,15 +73,8 @@ class TokenDataModule(pl.LightningDataModule):
         batch_delay_s: float = 0.0,  # debug: sleep per micro-batch in the loader, to make a run input-bound
         quality: dict | None = None,  # thresholds of the data check before training (trainer/lifecycle); carried only
     ):
+        self.check_config(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
-        check_tokenizer_args(tokenizer, bpe_vocab_size)
-        _require(seq_len >= 1, "seq_len", seq_len, "a positive number of tokens")
-        _require(batch_size >= 1, "batch_size", batch_size, "a positive number of sequences")
-        _require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "a fraction strictly between 0 and 1")
-        _require(val_batches >= 1, "val_batches", val_batches, "at least 1 (disable validation in the trainer)")
-        _require(num_workers >= 0, "num_workers", num_workers, "0 (load in the main process) or more")
-        _require(num_proc >= 1, "num_proc", num_proc, "at least 1")
-        _require(batch_delay_s >= 0, "batch_delay_s", batch_delay_s, "0 or more seconds")
         common = dict(name=name, split=split, text_field=text_field, file_glob=file_glob, streaming=streaming,
                       max_tokens=max_tokens)
         sources = _plain(sources)
@@ -116,6 +111,20 @@ class TokenDataModule(pl.LightningDataModule):
     def _index(self, i: int) -> int | None:
         """The source's index in data.sources, or None for the single data.path source (for messages)."""
         return i if len(self.specs) > 1 or self.path is None else None
+
+    @classmethod
+    def check_config(cls, **kwargs) -> None:
+        """The data section's values, checked in one place: by the constructor, and by the config
+        validation (trainer.config.validate) before any process starts."""
+        a = with_defaults(cls, kwargs)
+        check_tokenizer_args(a["tokenizer"], a["bpe_vocab_size"])
+        require(a["seq_len"] >= 1, "seq_len", a["seq_len"], "a positive number of tokens")
+        require(a["batch_size"] >= 1, "batch_size", a["batch_size"], "a positive number of sequences")
+        require(0.0 < a["val_fraction"] < 1.0, "val_fraction", a["val_fraction"], "a fraction strictly between 0 and 1")
+        require(a["val_batches"] >= 1, "val_batches", a["val_batches"], "at least 1 (disable validation in the trainer)")
+        require(a["num_workers"] >= 0, "num_workers", a["num_workers"], "0 (load in the main process) or more")
+        require(a["num_proc"] >= 1, "num_proc", a["num_proc"], "at least 1")
+        require(a["batch_delay_s"] >= 0, "batch_delay_s", a["batch_delay_s"], "0 or more seconds")
 
     # --- building -------------------------------------------------------------------------------
 
@@ -245,9 +254,12 @@ class TokenDataModule(pl.LightningDataModule):
     # --- batches --------------------------------------------------------------------------------
 
     def windows(self, split: str, delay_s: float = 0.0) -> TokenWindows | MixtureWindows:
-        parts = [TokenWindows(s.path(split), s.meta["dtype"], s.num_tokens(split), self.seq_len, 0.0 if len(
-            self.shard_sets) > 1 else delay_s) for s in self.shard_sets]
-        return parts[0] if len(parts) == 1 else MixtureWindows(parts, delay_s)
+        parts = [TokenWindows(s.path(split), s.meta["dtype"], s.num_tokens(split), self.seq_len)
+                 for s in self.shard_sets]
+        if len(parts) == 1:
+            parts[0].delay_s = delay_s
+            return parts[0]
+        return MixtureWindows(parts, delay_s)
 
     def sampling_space(self, windows: TokenWindows | MixtureWindows) -> int | Mixture:
         """What training draws window ids from: one source's windows, or the weighted mixture."""
@@ -273,8 +285,8 @@ class TokenDataModule(pl.LightningDataModule):
         else:
             per_source = _share_out(count, self.weights)
             offsets = np.concatenate([
-                start + evenly_spaced_offsets(n, part.num_windows)
-                for n, start, part in zip(per_source, windows.starts, windows.parts)
+                window_id(np.full(n, s), evenly_spaced_offsets(n, part.num_windows), len(windows.parts))
+                for s, (n, part) in enumerate(zip(per_source, windows.parts))
             ])
         return rank_val_batches(offsets, world_size, rank, self.batch_size)
 
@@ -357,8 +369,3 @@ def _plain(value):
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
-def _require(ok: bool, key: str, value, what: str) -> None:
-    if not ok:
-        raise UserError(f"data.{key}={value!r} is invalid: it must be {what}.")

@@ -27,6 +27,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from trainer.data.sources import first_line, offline_reason
 from trainer.errors import UserError, closest
 
 BUILTIN = ("byte", "bpe")
@@ -151,9 +152,11 @@ class _BackendTokenizer:
         return [np.array(separate(e.ids, self.eos_id, self.bos_id), dtype=dtype) for e in encodings]
 
     def identity(self) -> str:
-        h = hashlib.sha256(self.backend.to_str().encode())
-        h.update(f"|eos={self.eos_id}|bos={self.bos_id}".encode())
-        return h.hexdigest()[:16]
+        if getattr(self, "_identity", None) is None:  # serialising a 50k vocabulary takes a while: once
+            h = hashlib.sha256(self.backend.to_str().encode())
+            h.update(f"|eos={self.eos_id}|bos={self.bos_id}".encode())
+            self._identity = h.hexdigest()[:16]
+        return self._identity
 
 
 class BPETokenizer(_BackendTokenizer):
@@ -233,7 +236,7 @@ def load_pretrained(spec: str) -> HFTokenizer:
             "Use byte, bpe, a Hugging Face tokenizer name (e.g. openai-community/gpt2), or a directory / tokenizer.json "
             "that exists."
         )
-    reason = None if path.is_dir() else _offline_reason()
+    reason = None if path.is_dir() else offline_reason(_OFFLINE_VARS)
     try:
         from transformers import AutoTokenizer
 
@@ -246,7 +249,7 @@ def load_pretrained(spec: str) -> HFTokenizer:
         if path.is_dir():
             raise UserError(
                 f"data.tokenizer={spec!r}: transformers.AutoTokenizer cannot load this directory ({type(e).__name__}: "
-                f"{_first_line(e)}). It needs the files save_pretrained writes (tokenizer.json, tokenizer_config.json)."
+                f"{first_line(e)}). It needs the files save_pretrained writes (tokenizer.json, tokenizer_config.json)."
             ) from None
         if reason:
             raise UserError(
@@ -260,7 +263,7 @@ def load_pretrained(spec: str) -> HFTokenizer:
         raise UserError(
             f"data.tokenizer={spec!r} is not known: not byte or bpe, not a local directory or tokenizer.json, and "
             f"transformers.AutoTokenizer could not load it from the Hugging Face hub ({type(e).__name__}: "
-            f"{_first_line(e)}).{closest(spec, BUILTIN)} Check the name and the network."
+            f"{first_line(e)}).{closest(spec, BUILTIN)} Check the name and the network."
         ) from None
     if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
         raise UserError(
@@ -277,7 +280,7 @@ def _from_tokenizer_file(path: Path, spec: str) -> HFTokenizer:
         tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
     except Exception as e:  # a corrupt or foreign JSON file
         raise UserError(
-            f"data.tokenizer={spec!r} is not a tokenizers JSON file ({type(e).__name__}: {_first_line(e)}). "
+            f"data.tokenizer={spec!r} is not a tokenizers JSON file ({type(e).__name__}: {first_line(e)}). "
             "Give a tokenizer.json written by `tokenizers` / `save_pretrained`, or its directory."
         ) from None
     # A bare tokenizer.json does not say which special token ends a document: take the usual names.
@@ -307,18 +310,7 @@ def _loadable_by_transformers_4(directory: Path) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _offline_reason() -> str | None:
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-            return var
-    return None
-
-
 def _hub_is_offline() -> bool:
     import huggingface_hub
 
     return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]

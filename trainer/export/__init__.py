@@ -22,7 +22,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from trainer.errors import UserError
+from trainer.errors import UserError, closest
+from trainer.files import atomic_write_json, fsync_path
+from trainer.tracking.run_dir import RunDir
 
 FORMATS = ("safetensors", "hf")
 HF_SUBDIR = "hf"
@@ -34,22 +36,21 @@ def export(run_dir: Path, checkpoint: Path | None = None, format: str = "safeten
     from trainer.checkpoint.weights import load_trained_net
 
     if format not in FORMATS:
-        from trainer.errors import closest
-
         raise UserError(f"format={format!r} is not one of {', '.join(FORMATS)}.{closest(format, FORMATS)}")
     run_dir = Path(run_dir)
     net, info = load_trained_net(run_dir, checkpoint)  # every check that can fail comes before any write
     if format == "hf":
-        from trainer.export.hf import write_hf
+        from trainer.export.hf import check_exportable, write_hf
 
-        target = Path(out) if out else run_dir / "export" / HF_SUBDIR
+        check_exportable(net)
+        target = Path(out) if out else RunDir(run_dir).export / HF_SUBDIR
         written = _atomic_dir(target, lambda tmp: write_hf(net, info, run_dir, tmp))
         if wandb:
             from trainer.tracking.artifacts import log_export_artifact
 
             log_export_artifact(run_dir, written, step=info.step)
         return written
-    target = Path(out) if out else run_dir / "export"
+    target = Path(out) if out else RunDir(run_dir).export
     return write_plain(net, info, run_dir, target)
 
 
@@ -57,17 +58,16 @@ def write_plain(net, info, run_dir: Path, out: Path) -> Path:
     """Our own layout: model.safetensors under our parameter names, config.json with the model spec."""
     from safetensors.torch import save_file
 
-    from trainer.checkpoint.weights import MODEL_SPEC
-
     tensors = state_tensors(net)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})  # no step, path or time: same weights, same bytes
+    fsync_path(tmp)
     tmp.replace(out / "model.safetensors")
-    spec = json.loads((run_dir / MODEL_SPEC).read_text())
+    spec = json.loads(RunDir(run_dir).model_spec.read_text())
     config = {"model": spec, "step": info.step, "dtype": str(next(iter(tensors.values())).dtype),
               "num_params": sum(v.numel() for v in tensors.values())}
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(out / "config.json", config)
     return out / "model.safetensors"
 
 
@@ -87,13 +87,15 @@ def _atomic_dir(target: Path, fill) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         fill(tmp)
-        for p in (tmp, *tmp.iterdir()):  # mkdtemp (and safetensors) make them private; an export is for others
+        for p in (*tmp.iterdir(), tmp):  # mkdtemp (and safetensors) make them private; an export is for others
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            fsync_path(p)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)
         tmp.rename(target)
+        fsync_path(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -4,14 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-EVAL_DIR = "eval"
-
-
 def model_card(run_dir: Path, provenance: dict, cfg) -> str:
-    from trainer.tracking.run_dir import load_frozen
+    from trainer.tracking.run_dir import RunDir, load_frozen
 
-    frozen = load_frozen(run_dir / "config.yaml")
-    manifest = _read_json(run_dir / "manifest.json")
+    frozen = load_frozen(RunDir(run_dir).config)
+    manifest = _read_json(RunDir(run_dir).manifest)
     data, corpus, git = frozen.get("data") or {}, manifest.get("data") or {}, manifest.get("git") or {}
     n_params = _param_count(cfg, provenance["vocab_size"])
     rows = [
@@ -49,7 +46,9 @@ def model_card(run_dir: Path, provenance: dict, cfg) -> str:
 
 
 def _eval_table(run_dir: Path, step: int) -> list[str]:
-    results = [_read_json(p) for p in sorted((run_dir / EVAL_DIR).glob("*.json"))]
+    from trainer.tracking.run_dir import RunDir
+
+    results = [_read_json(p) for p in sorted(RunDir(run_dir).eval.glob("*.json"))]
     results = [r for r in results if "loss" in r]
     if not results:
         return ["Not evaluated at export time (`python -m trainer.evaluate run.dir=RUN_DIR`, then export again)."]

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from trainer.errors import UserError
+from trainer.files import atomic_write_json, atomic_write_text
 
 PROVENANCE = "trainer_export.json"  # what the lifecycle and the model card read back
 
@@ -17,13 +17,9 @@ def write_hf(net, info, run_dir: Path, out: Path) -> Path:
 
     from trainer.export import hf_tokenizer
     from trainer.export.card import model_card
-    from trainer.models.gpt import GPTConfig
     from trainer.models.llama_hf import hf_config, to_hf_state
 
-    cfg = getattr(net, "cfg", None)
-    if not isinstance(cfg, GPTConfig):
-        raise UserError(f"format=hf exports the GPT (trainer.models.gpt.GPT); this run's model is {type(net).__name__}. "
-                        "Use format=safetensors.")
+    cfg = check_exportable(net)
     hf_tokenizer.save_run_tokenizer(run_dir, out)
     tok = hf_tokenizer.load_dir(out)  # the tokenizer as it ships
     vocab = cfg.vocab_size  # the true vocabulary; the embedding's padding rows stay behind
@@ -33,22 +29,33 @@ def write_hf(net, info, run_dir: Path, out: Path) -> Path:
     dtype = str(tensors["model.embed_tokens.weight"].dtype).removeprefix("torch.")
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})  # no path or time: same weights, same bytes
     bos, eos = tok.bos_token_id, tok.eos_token_id
-    _write_json(out / "config.json", hf_config(cfg, bos_token_id=bos, eos_token_id=eos, dtype=dtype))
+    atomic_write_json(out / "config.json", hf_config(cfg, bos_token_id=bos, eos_token_id=eos, dtype=dtype))
     # Sampling defaults as `python -m trainer.generate` has them.
-    _write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "do_sample": True,
+    atomic_write_json(out / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "do_sample": True,
                                                  "temperature": 0.8, "top_k": 50})
     provenance = provenance_of(run_dir, info, tok, cfg)
-    _write_json(out / PROVENANCE, provenance)
-    (out / "README.md").write_text(model_card(run_dir, provenance, cfg))
+    atomic_write_json(out / PROVENANCE, provenance)
+    atomic_write_text(out / "README.md", model_card(run_dir, provenance, cfg))
     return out
+
+
+def check_exportable(net):
+    """The GPT's config, or a UserError for a model that has no Llama form."""
+    from trainer.models.gpt import GPTConfig
+
+    cfg = getattr(net, "cfg", None)
+    if not isinstance(cfg, GPTConfig):
+        raise UserError(f"format=hf exports the GPT (trainer.models.gpt.GPT); this run's model is {type(net).__name__}. "
+                        "Use format=safetensors.")
+    return cfg
 
 
 def provenance_of(run_dir: Path, info, tok, cfg) -> dict:
     from trainer.checkpoint import store
     from trainer.export import hf_tokenizer
-    from trainer.tracking.loggers import WANDB_ID_FILE
+    from trainer.tracking.run_dir import RunDir
 
-    wandb_id = run_dir / WANDB_ID_FILE
+    wandb_id = RunDir(run_dir).wandb_id
     manifest_bytes = (info.path / store.MANIFEST).read_bytes()
     return {
         "format": "hf-llama",
@@ -65,7 +72,3 @@ def provenance_of(run_dir: Path, info, tok, cfg) -> dict:
         "padded_vocab_size": cfg.padded_vocab_size,
         "init_from": cfg.init_from,
     }
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.errors import UserError
-
-RUN_TOKENIZER_DIR = "tokenizer"
-
+from trainer.tracking.run_dir import RunDir
 
 def load_dir(directory: Path):
     """A transformers tokenizer from a directory save_pretrained wrote."""
@@ -41,7 +39,7 @@ def as_transformers(tok):
 
 def save_run_tokenizer(run_dir: Path, out: Path) -> None:
     """Write the run's tokenizer files into `out`: a copy of <run_dir>/tokenizer/, else rebuilt."""
-    saved = Path(run_dir) / RUN_TOKENIZER_DIR
+    saved = RunDir(run_dir).tokenizer
     if saved.is_dir():
         for f in sorted(saved.iterdir()):
             if f.is_file():
@@ -52,7 +50,7 @@ def save_run_tokenizer(run_dir: Path, out: Path) -> None:
 
 def run_tokenizer(run_dir: Path):
     """The transformers tokenizer the run trained with."""
-    saved = Path(run_dir) / RUN_TOKENIZER_DIR
+    saved = RunDir(run_dir).tokenizer
     return load_dir(saved) if saved.is_dir() else as_transformers(_data_module(run_dir).tokenizer)
 
 
@@ -61,7 +59,7 @@ def _data_module(run_dir: Path):
 
     from trainer.tracking.run_dir import load_frozen
 
-    cfg = load_frozen(Path(run_dir) / "config.yaml")
+    cfg = load_frozen(RunDir(run_dir).config)
     datamodule = instantiate(cfg.data)
     if not hasattr(datamodule, "tokenizer"):
         raise UserError(f"the run in {run_dir} did not train on tokens (data._target_={cfg.data._target_})")

@@ -6,7 +6,7 @@ undecodable documents, exact duplicates, near-duplicates (datasketch MinHash LSH
 then the exact Jaccard similarity of their shingle sets, so what is reported is exact), the
 length distribution, train/validation leakage (a validation document with an exact or near copy
 in train) and token statistics from the built shards. Each check has a threshold in
-`data.quality` (trainer/lifecycle/config.py, Gopher-anchored defaults).
+`data.quality` (trainer/config/schema.py, Gopher-anchored defaults).
 
 A report is a pure function of the data fingerprint and the thresholds, so it is cached next to
 the token shards and computed once per corpus (under a lock, like the shards).
@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from trainer.errors import UserError
-from trainer.lifecycle.config import DataQualityConfig
+from trainer.files import atomic_write_text
+from trainer.config import DataQualityConfig
 from trainer.lifecycle.corpus import Documents, module_documents, open_data_module, shingles, single_byte_ids, summary, words
+from trainer.tracking.run_dir import RunDir
 
 log = logging.getLogger("trainer")
 REPORT_FORMAT = 1  # bump when a report's content changes for the same inputs
@@ -248,23 +250,17 @@ def cached_checks(data: dict, q: DataQualityConfig) -> tuple[dict[str, Any], boo
         if path.is_file():
             return json.loads(path.read_text()), False
         report = run_checks(data, q)
-        _atomic_write(path, json.dumps(report, indent=1, default=str))
+        atomic_write_text(path, json.dumps(report, indent=1, default=str))
         return report, True
 
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "report.json", out / "report.html"
-    _atomic_write(json_path, json.dumps(report, indent=1, default=str))
-    _atomic_write(html_path, "<!doctype html><html><head><meta charset='utf-8'><title>Data check</title>"
+    atomic_write_text(json_path, json.dumps(report, indent=1, default=str))
+    atomic_write_text(html_path, "<!doctype html><html><head><meta charset='utf-8'><title>Data check</title>"
                              f"<style>{CSS}</style></head><body>{html_section(report)}</body></html>")
     return json_path, html_path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -301,7 +297,7 @@ def check_before_training(cfg, run_dir: Path, rank: int) -> dict[str, Any] | Non
     rank 0 writes it into the run dir. Raises UserError on a failed check with data.quality.on_fail=error."""
     from omegaconf import OmegaConf
 
-    from trainer.lifecycle.config import quality_of
+    from trainer.config import quality_of
 
     data = cfg.get("data")
     q = quality_of(data)  # None: not a text corpus (tables, your own data module): nothing to read as documents
@@ -310,7 +306,7 @@ def check_before_training(cfg, run_dir: Path, rank: int) -> dict[str, Any] | Non
     resolved = OmegaConf.to_container(data, resolve=True)
     report, computed = cached_checks(resolved, q)
     if rank == 0:
-        write_report(report, run_dir / "data_check")
+        write_report(report, RunDir(run_dir).data_check)
         how = f"{report['seconds']}s" if computed else "cached"
         print(f"data check ({how}): {'passed' if report['passed'] else 'FAILED'}: {summary_line(report)}", flush=True)
     if report["passed"]:
@@ -319,7 +315,7 @@ def check_before_training(cfg, run_dir: Path, rank: int) -> dict[str, Any] | Non
     if q.on_fail == "error":
         raise UserError(
             "the data check failed before training:\n  " + "\n  ".join(lines)
-            + f"\nReport: {run_dir / 'data_check' / 'report.html'}. Fix the data, raise the threshold named, or train "
+            + f"\nReport: {RunDir(run_dir).data_check / 'report.html'}. Fix the data, raise the threshold named, or train "
             "anyway with data.quality.on_fail=warn."
         )
     if rank == 0:
@@ -386,9 +382,16 @@ def wandb_table(report: dict[str, Any]):
     return table
 
 
-def wandb_callbacks(run_dir: Path) -> list:
-    """A callback that logs <run_dir>/data_check/report.json as a W&B table when the run has a W&B logger."""
-    path = run_dir / "data_check" / "report.json"
+def report_sections(folder: Path) -> list[str]:
+    """The data check's section of a run's HTML report (`folder`: RunDir.data_check); none without a check."""
+    path = folder / "report.json"
+    return [html_section(json.loads(path.read_text()))] if path.is_file() else []
+
+
+def wandb_callbacks(folder: Path) -> list:
+    """A callback that logs the run's data check (`folder`: RunDir.data_check) as a W&B table when the run
+    has a W&B logger."""
+    path = folder / "report.json"
     if not path.is_file():
         return []
     from pytorch_lightning import Callback

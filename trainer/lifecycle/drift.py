@@ -1,6 +1,6 @@
 """Has the incoming data drifted from what a model was trained on?
 
-Four measurements, each judged against an Evidently-like threshold (trainer/lifecycle/config.py,
+Four measurements, each judged against an Evidently-like threshold (trainer/config/schema.py,
 DriftConfig); the data has drifted when any judged measurement is above its threshold:
 - PSI (population stability index) of document length in characters, over quantile bins of the
   reference: sum((cur - ref) * ln(cur / ref)), shares floored at 1e-4 as Evidently does;
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.lifecycle.config import DriftConfig
+from trainer.config import DriftConfig
 from trainer.lifecycle.corpus import encode_documents, single_byte_ids
 
 EPS = 1e-4  # Evidently's floor for empty bins

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainer.errors import UserError
-from trainer.lifecycle.config import DriftConfig, PromoteConfig, RegistryConfig, quality_of
+from trainer.config import DriftConfig, PromoteConfig, RegistryConfig, quality_of
 
 STATE = "pipeline.json"
 # Exit codes for cron and CI (README "Model lifecycle").

@@ -26,7 +26,7 @@ from typing import Any
 from typing import Protocol
 
 from trainer.errors import UserError
-from trainer.lifecycle.config import PromoteConfig, RegistryConfig
+from trainer.config import PromoteConfig, RegistryConfig
 from trainer.lifecycle.registry import DecisionLog, Registry, Version, link_to_wandb
 
 PROMOTED_EXIT, REFUSED_EXIT, PENDING_EXIT = 0, 3, 4
@@ -68,7 +68,7 @@ class Context:
 
     @classmethod
     def open(cls, rcfg: RegistryConfig, runs_dir: Path) -> "Context":
-        from trainer.lifecycle.config import check_registry_config
+        from trainer.config import check_registry_config
 
         check_registry_config(rcfg)
         registry = Registry.open(rcfg.uri, runs_dir, rcfg.lock_timeout_s, rcfg.request_timeout_s)
@@ -102,7 +102,7 @@ class Evaluator(Protocol):
 # --------------------------------------------------------------------------- promote
 def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, evaluator: Evaluator,
             by: str | None = None) -> Decision:
-    from trainer.lifecycle.config import check_promote_config
+    from trainer.config import check_promote_config
 
     check_promote_config(p)
     _quiet_transformers()

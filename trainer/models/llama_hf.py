@@ -264,9 +264,3 @@ def gpt_config_of(model_cfg: dict, vocab_size: int | None = None) -> GPTConfig:
     if vocab_size is not None and kwargs.get("vocab_size") is None:
         kwargs["vocab_size"] = vocab_size
     return GPTConfig(**kwargs)
-
-
-def apply_init_from(net: torch.nn.Module, model_spec: dict) -> None:
-    """The build step's hook: load `model.init_from` into a freshly built net (not when resuming)."""
-    if model_spec.get("init_from"):
-        load_hf_weights(net, model_spec["init_from"])

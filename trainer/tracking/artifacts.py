@@ -4,7 +4,7 @@ An HF export (and, with logger.log_checkpoint=true, the final checkpoint) is log
 version of the artifact `model-<W&B run id>` (type `model`), as an output of that run: the
 lineage W&B shows. Aliases: `latest` and `step-<N>` always, `best` when its validation loss
 (from `<run_dir>/eval/*.json` or the run summary) is the lowest of the versions logged so far
-(`<run_dir>/wandb_artifacts.json` keeps that record; without any loss the newest is best, as
+(RunDir.wandb_artifacts keeps that record; without any loss the newest is best, as
 in Lightning's WandbLogger without a monitor). Offline the artifact is written into the offline
 run (files staged under $WANDB_DATA_DIR) and uploads with `wandb sync`. W&B never stops an
 export or an evaluation: a failure is one warning.
@@ -18,10 +18,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainer.tracking.loggers import WANDB_ID_FILE, resolve_wandb_mode
+from trainer.files import atomic_write_json
+
+from trainer.tracking.loggers import resolve_wandb_mode
+from trainer.tracking.run_dir import RunDir, load_frozen
 
 log = logging.getLogger(__name__)
-RECORD = "wandb_artifacts.json"
 
 
 def artifact_name(wandb_id: str) -> str:
@@ -94,44 +96,42 @@ def log_model_artifact(run, run_dir: Path, path: Path, *, kind: str, step: int) 
         art.add_dir(str(path))
         run.log_artifact(art, aliases=aliases)
         record.append({"name": artifact_name(run.id), "kind": kind, "step": step, "val_loss": loss, "aliases": aliases})
-        (Path(run_dir) / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(RunDir(run_dir).wandb_artifacts, record)
         return aliases
     except Exception as e:  # noqa: BLE001
         log.warning("W&B artifact not logged (%s)", e)
         return None
 
 
-def log_checkpoint_artifact(loggers: list, run_dir: Path, ckpt_root: Path, step: int) -> list[str] | None:
+def log_checkpoint_artifact(loggers: list, run_dir: Path, step: int) -> list[str] | None:
     """From the training process, after fit: the checkpoint of `step` as a version of model-<id>."""
     from trainer.checkpoint.store import step_dir_name
 
     for logger in loggers:
         if type(logger).__name__.endswith("WandbLogger") and not getattr(logger, "_broken", False):
-            return log_model_artifact(logger.experiment, run_dir, Path(ckpt_root) / step_dir_name(step),
+            return log_model_artifact(logger.experiment, run_dir, RunDir(run_dir).checkpoints / step_dir_name(step),
                                       kind="checkpoint", step=step)
     return None
 
 
 def val_loss_at(run_dir: Path, step: int) -> float | None:
     """The validation loss the run has for this step: an evaluation of the val split, else the training summary."""
-    for path in sorted((Path(run_dir) / "eval").glob("*.json")):
+    for path in sorted(RunDir(run_dir).eval.glob("*.json")):
         result = _read_json(path)
         if (result.get("checkpoint_step") == step and result.get("split") == "val" and result.get("own_data")
                 and result.get("loss") is not None):
             return float(result["loss"])
-    summary = _read_json(Path(run_dir) / "manifest.json").get("summary") or {}
+    summary = _read_json(RunDir(run_dir).manifest).get("summary") or {}
     if summary.get("steps") == step and summary.get("final_val_loss") is not None:
         return float(summary["final_val_loss"])
     return None
 
 
 def _wandb_target(run_dir: Path) -> dict | None:
-    from trainer.tracking.run_dir import load_frozen
-
-    id_file = Path(run_dir) / WANDB_ID_FILE
+    id_file = RunDir(run_dir).wandb_id
     if not id_file.is_file():
         return None
-    logger = load_frozen(Path(run_dir) / "config.yaml").get("logger") or {}
+    logger = load_frozen(RunDir(run_dir).config).get("logger") or {}
     mode = resolve_wandb_mode(logger.get("wandb_mode", "auto"))
     if not logger.get("wandb", True) or mode == "disabled":
         return None
@@ -139,7 +139,7 @@ def _wandb_target(run_dir: Path) -> dict | None:
 
 
 def _read_record(run_dir: Path) -> list[dict]:
-    data = _read_json(Path(run_dir) / RECORD)
+    data = _read_json(RunDir(run_dir).wandb_artifacts)
     return data if isinstance(data, list) else []
 
 
