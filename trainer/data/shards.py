@@ -25,6 +25,7 @@ from trainer.files import atomic_write_json, fsync_path
 
 META = "meta.json"
 UNIGRAM = "unigram.npy"  # training-token counts per id
+TOKENIZER_DIR = "tokenizer"  # the tokenizer's save_pretrained files
 SPLITS = ("train", "val")
 LOCK_TIMEOUT_S = 3 * 3600  # a slow build of a big corpus is still a build; a dead builder releases the lock
 
