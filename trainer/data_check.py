@@ -39,7 +39,8 @@ def run(args: list[str]) -> int:
                         "data=text data.path=...)")
     data = OmegaConf.to_container(cfg.data, resolve=True)
     report, _ = cached_checks(data, q)
-    out_dir = Path(out[-1]) if out else Path(cfg.paths.runs_dir) / "data_check" / report["data_fingerprint"]
+    # Not a run: its reports go beside the runs, one folder per corpus (fingerprint).
+    out_dir = Path(out[-1]) if out else Path(cfg.paths.runs_dir) / "data_checks" / report["data_fingerprint"]
     json_path, html_path = write_report(report, out_dir.expanduser().absolute())
     print(f"data check: {'passed' if report['passed'] else 'FAILED'}: {summary_line(report)}")
     for line in failure_lines(report):

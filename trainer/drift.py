@@ -6,7 +6,7 @@
 reference: a run dir (its training corpus, tokenized by its own tokenizer) or a file/directory of text
 (tokenized as bytes). current: a file/directory of text (file_glob/text_field select from it, and from a
 data reference). Writes DIR/drift.json and DIR/drift.html (default DIR: <run dir>/drift/<time> for a run
-dir reference, else <paths.runs_dir>/drift/<time>) and prints one line per measurement.
+dir reference, else $TRAINER_RUNS_DIR (default runs)/drift_checks/<time>) and prints one line per measurement.
 
 Exit codes (for cron and CI): 0 no drift, 3 drifted (a judged measurement above its threshold), 2 bad input.
 Thresholds (Evidently-like): drift.psi_threshold=0.1, drift.js_threshold=0.1, drift.byte_fallback_threshold=0.1,
@@ -22,6 +22,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from trainer.errors import UserError, exit_on_user_error
+from trainer.files import atomic_write_text
+from trainer.tracking.run_dir import RunDir
 
 DRIFTED_EXIT = 3
 
@@ -49,12 +51,12 @@ def run(argv: list[str]) -> dict:
     report = measure(ref_texts, cur_texts, tokenizer, cfg)
     report["reference"], report["current"] = args["reference"], args["current"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.get("out") or ((ref_run / "drift" / stamp) if ref_run else
-                              Path(os.environ.get("TRAINER_RUNS_DIR", "runs")) / "drift" / stamp)
+    out = args.get("out") or ((RunDir(ref_run).drift / stamp) if ref_run else
+                              Path(os.environ.get("TRAINER_RUNS_DIR", "runs")) / "drift_checks" / stamp)
     out = out.expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "drift.json").write_text(json.dumps(report, indent=1))
-    (out / "drift.html").write_text(html_page(report))
+    atomic_write_text(out / "drift.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "drift.html", html_page(report))
     print(f"drift: {'DRIFTED' if report['drifted'] else 'no drift'} ({report['reference_documents']} reference, "
           f"{report['current_documents']} current documents, {report['tokenizer']} tokens)")
     for line in summary_lines(report):
@@ -68,13 +70,13 @@ def load_reference(spec: str, file_glob: str | None, text_field: str | None):
     from trainer.data.tokenizer import ByteTokenizer
 
     path = Path(spec).expanduser()
-    if (path / "config.yaml").is_file():
+    if RunDir(path).is_run_dir():
         from omegaconf import OmegaConf
 
         from trainer.lifecycle.corpus import module_documents, open_data_module
         from trainer.tracking.run_dir import load_frozen
 
-        data = OmegaConf.to_container(load_frozen(path / "config.yaml").data, resolve=True)
+        data = OmegaConf.to_container(load_frozen(RunDir(path).config).data, resolve=True)
         dm = open_data_module(data)  # the run's tokenizer (its shards are rebuilt if the cache was cleared)
         docs = module_documents(dm)
         if docs.skipped:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from trainer.errors import exit_on_user_error
+from trainer.tracking.run_dir import RunDir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +31,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str]) -> int:
-    from omegaconf import OmegaConf
-
     from trainer.config import compose_config
     from trainer.lifecycle.pipeline import drift_gate, pipeline_overrides, run_id_for, run_pipeline
 
@@ -49,13 +48,13 @@ def run(argv: list[str]) -> int:
         run_dir = Path(cfg.paths.runs_dir).expanduser().absolute() / cfg.run.name / (cfg.run.id or run_id_for(cfg, fingerprint))
     print(f"pipeline {cfg.pipeline.name}: run dir {run_dir}")
     code = run_pipeline(cfg, [a for a in train_args if not a.startswith(("run.dir=", "run.id="))], run_dir, fingerprint)
-    promotion = run_dir / "promotion.json"
+    promotion = RunDir(run_dir).promotion
     if promotion.is_file() and "promote" in cfg.pipeline.steps:
         import json
 
         d = json.loads(promotion.read_text())
         print(f"pipeline: {d['decision']} version {d['version']} of {d['model']} ({d['reason']})")
-    print(f"pipeline: exit {code}; state in {run_dir / 'pipeline.json'}")
+    print(f"pipeline: exit {code}; state in {RunDir(run_dir).pipeline_state}")
     return code
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError, exit_on_user_error
+from trainer.files import atomic_write_json
+from trainer.tracking.run_dir import RunDir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"final losses (train, val): {m['final_train_loss']} / {m['final_val_loss']}")
     print(f"eval on {m['eval']['tokens']} held-out tokens ({m['eval']['tokens_fingerprint'][:12]}): loss {m['eval']['loss']}")
     print(report["verdict"])
-    print(f"report: {report['reproduction']}/reproduce.json")
+    print(f"report: {RunDir(Path(report['reproduction'])).reproduction}")
     sys.exit(REPRODUCED_EXIT if report["reproduced"] else NOT_REPRODUCED_EXIT)
 
 
@@ -44,13 +46,12 @@ def reproduce(run_dir: Path, new_dir: Path | None = None, *, atol: float = 1e-3,
     from trainer.checkpoint.weights import newest_checkpoint
     from trainer.lifecycle.reproduce import (compare_weights, environment_differences, on_gpu_run, read_manifest,
                                              summary_losses, verdict)
-    from trainer.tracking.manifest import write_json
 
     run_dir = Path(run_dir).absolute()
     newest_checkpoint(run_dir)  # a run without a valid checkpoint has nothing to compare: fail before training
     read_manifest(run_dir)
     new_dir = Path(new_dir).absolute() if new_dir else run_dir.with_name(f"{run_dir.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (new_dir / "checkpoints").exists():
+    if RunDir(new_dir).checkpoints.exists():
         raise UserError(f"{new_dir} already holds checkpoints: give the reproduction a fresh out.dir=PATH")
     diffs = environment_differences(run_dir)
     started = time.time()
@@ -63,7 +64,7 @@ def reproduce(run_dir: Path, new_dir: Path | None = None, *, atol: float = 1e-3,
     report = {"original": str(run_dir), "reproduction": str(new_dir), "reproduced": ok, "verdict": text,
               "environment_differences": diffs, "weights": weights, "metrics": metrics,
               "tolerance": {"cpu": "bitwise", "gpu_atol": atol}, "rerun_seconds": round(time.time() - started, 1)}
-    write_json(new_dir / "reproduce.json", report)
+    atomic_write_json(RunDir(new_dir).reproduction, report)
     return report
 
 
@@ -74,7 +75,7 @@ def rerun(run_dir: Path, new_dir: Path) -> int:
     from trainer.tracking.run_dir import load_frozen
     from trainer.train import start_run
 
-    cfg = load_frozen(run_dir / "config.yaml")
+    cfg = load_frozen(RunDir(run_dir).config)
     with open_dict(cfg):
         cfg.run.dir, cfg.run.id = str(new_dir), new_dir.name
         cfg.run.stop_after_steps = None  # the run as it ended, not the interruption drill that may have made it

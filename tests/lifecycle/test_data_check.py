@@ -3,7 +3,6 @@ duplicates, validation documents leaked from train; it stops training (or warns)
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """The retrain pipeline: data check -> train (or resume) -> evaluate -> export -> promote.
 
 Each step is the real command line tool in its own process. After each step the pipeline
-records it in <run_dir>/pipeline.json with a fingerprint of its inputs; a re-run skips every step
+records it in <run_dir>/pipeline.json (RunDir.pipeline_state) with a fingerprint of its inputs; a re-run skips every step
 whose record matches and whose outputs are still there (DVC-style), so a pipeline killed between
 (or during) steps continues where it stopped, and one that finished does nothing. The run dir is
 keyed on the inputs: the resolved training config (run identity aside) and the data fingerprint,
@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trainer.errors import UserError
 from trainer.config import DriftConfig, PromoteConfig, RegistryConfig, quality_of
+from trainer.errors import UserError
+from trainer.files import atomic_write_json
+from trainer.tracking.run_dir import RunDir
 
-STATE = "pipeline.json"
 # Exit codes for cron and CI (README "Model lifecycle").
 DONE, CHECK_FAILED, PENDING, PREEMPTED = 0, 3, 4, 124
 
@@ -55,8 +56,6 @@ def run_id_for(cfg, data_fingerprint: str | None) -> str:
 
 
 def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None) -> list[Step]:
-    from omegaconf import OmegaConf
-
     p = cfg.pipeline
     max_steps = int(cfg.trainer.max_steps)
     model = p.model_name or cfg.run.name
@@ -65,20 +64,21 @@ def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None
     q = quality_of(cfg.data)
     quality = asdict(q) if q else {}
     eval_tokens = cfg.promote.eval_max_tokens
+    rd = RunDir(run_dir)
     steps = {
-        "data_check": Step("data_check", ["trainer.data_check", *train_args, f"out={run_dir / 'data_check'}"],
-                           _hash(data_fingerprint, quality), lambda: (run_dir / "data_check" / "report.json").is_file(),
+        "data_check": Step("data_check", ["trainer.data_check", *train_args, f"out={rd.data_check}"],
+                           _hash(data_fingerprint, quality), lambda: (rd.data_check / "report.json").is_file(),
                            ok_codes=(0, CHECK_FAILED) if quality.get("on_fail") == "warn" else (0,)),
         "train": Step("train", ["trainer.train", *train_args, f"run.dir={run_dir}"], _hash(data_fingerprint, max_steps),
                       lambda: _trained(run_dir, max_steps)),
         "evaluate": Step("evaluate", ["trainer.evaluate", f"run.dir={run_dir}", "split=val", "name=val",
                                       *([f"max_tokens={eval_tokens}"] if eval_tokens else [])],
-                         _hash(max_steps, eval_tokens), lambda: _json(run_dir / "eval" / "val.json").get("checkpoint_step") == max_steps),
+                         _hash(max_steps, eval_tokens), lambda: _json(rd.eval / "val.json").get("checkpoint_step") == max_steps),
         "export": Step("export", ["trainer.export", f"run.dir={run_dir}", "format=hf"], _hash(max_steps),
-                       lambda: _json(run_dir / "export" / "hf" / "trainer_export.json").get("step") == max_steps),
+                       lambda: _json(rd.export / "hf" / "trainer_export.json").get("step") == max_steps),
         "promote": Step("promote", ["trainer.promote", f"run.dir={run_dir}", f"model={model}", f"paths.runs_dir={runs_dir}",
                                     *promote_args], _hash(max_steps, model, promote_args),
-                        lambda: (_json(run_dir / "promotion.json").get("candidate") or {}).get("step") == max_steps,
+                        lambda: (_json(rd.promotion).get("candidate") or {}).get("step") == max_steps,
                         ok_codes=(0, CHECK_FAILED, PENDING)),
     }
     return [steps[name] for name in p.steps]
@@ -87,7 +87,7 @@ def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None
 def run_pipeline(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None, log=print) -> int:
     """Run the steps not yet done; returns the pipeline's exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    state_path = run_dir / STATE
+    state_path = RunDir(run_dir).pipeline_state
     state = _json(state_path) or {"run_dir": str(run_dir), "steps": {}}
     steps = plan(cfg, train_args, run_dir, data_fingerprint)
     code = DONE
@@ -107,7 +107,7 @@ def run_pipeline(cfg, train_args: list[str], run_dir: Path, data_fingerprint: st
                 return PREEMPTED if code == PREEMPTED else code
             state["steps"][step.name] = {"status": "done", "fingerprint": step.fingerprint, "exit_code": code,
                                          "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _write_state(state_path, state)
+            atomic_write_json(state_path, state)
             log(f"{head}: done in {seconds}s" + (f" (exit {code})" if code else ""))
         if cfg.pipeline.stop_after == step.name:
             log(f"pipeline.stop_after={step.name}: stopping here (re-run to continue)")
@@ -125,7 +125,7 @@ def drift_gate(cfg, log=print) -> bool:
     data = cfg.data
     current = [f"current={data.path}"] + ([f"file_glob={data.file_glob}"] if data.get("file_glob") else []) + \
               ([f"text_field={data.text_field}"] if data.get("text_field") else [])
-    out = Path(cfg.paths.runs_dir).expanduser().absolute() / "drift" / time.strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.paths.runs_dir).expanduser().absolute() / "drift_checks" / time.strftime("%Y%m%d-%H%M%S")
     argv = ["trainer.drift", f"reference={p.drift_reference}", *current, f"out={out}", *drift_args]
     log(f"[drift] python -m {' '.join(argv)}")
     code = subprocess.call([sys.executable, "-m", *argv], env=_child_env())
@@ -146,7 +146,7 @@ def _changed(cfg, section: str, cls) -> list[str]:
 
 
 def _trained(run_dir: Path, max_steps: int) -> bool:
-    summary = _json(run_dir / "manifest.json").get("summary") or {}
+    summary = _json(RunDir(run_dir).manifest).get("summary") or {}
     return summary.get("steps") == max_steps and summary.get("stopped") == "completed"
 
 
@@ -167,12 +167,6 @@ def _json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _child_env() -> dict[str, str]:

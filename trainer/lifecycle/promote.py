@@ -21,16 +21,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from typing import Protocol
-
-from trainer.errors import UserError
 from trainer.config import PromoteConfig, RegistryConfig
+from trainer.errors import UserError
+from trainer.files import atomic_write_json
 from trainer.lifecycle.registry import DecisionLog, Registry, Version, link_to_wandb
+from trainer.tracking.run_dir import RunDir
 
 PROMOTED_EXIT, REFUSED_EXIT, PENDING_EXIT = 0, 3, 4
-DECISION_FILE = "promotion.json"  # in the candidate's run dir: what the pipeline reads back
 EVAL_KEYS = ("loss", "perplexity", "bits_per_byte", "tokens")
 
 
@@ -183,7 +182,7 @@ def _evaluate_version(registry: Registry, version: Version, tokens, evaluator: E
 
 def _already_decided(version: Version, run_dir: Path) -> Decision:
     """This very export was registered before (a re-run, e.g. the pipeline after a kill): its decision stands."""
-    path = run_dir / DECISION_FILE
+    path = RunDir(run_dir).promotion  # what the pipeline reads back
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("version") == version.version:
@@ -242,8 +241,9 @@ def approve(ctx: Context, model: str, version: int, *, by: str, reason: str, acc
             ctx.registry.set_alias(model, "champion", version)
     if accept and ctx.registry_cfg.wandb_link and v.tags.get("trainer.run_dir"):
         run_dir = Path(v.tags["trainer.run_dir"])
-        if (run_dir / "export" / "hf").is_dir():
-            _link(run_dir, run_dir / "export" / "hf", model, version, record)
+        export_dir = RunDir(run_dir).export / "hf"  # trainer.export's format=hf folder
+        if export_dir.is_dir():
+            _link(run_dir, export_dir, model, version, record)
     return record
 
 
@@ -320,15 +320,13 @@ def _record(ctx: Context, record: Decision, version: Version, extra_tags: dict |
 
 
 def _write_decision(run_dir: Path, record: Decision) -> None:
-    from trainer.tracking.manifest import write_json
-
-    write_json(run_dir / DECISION_FILE, asdict(record))
+    atomic_write_json(RunDir(run_dir).promotion, asdict(record))
 
 
 def _link(run_dir: Path, export_dir: Path, model: str, version: int, record: Decision) -> None:
     from trainer.tracking.run_dir import load_frozen
 
-    logger = load_frozen(run_dir / "config.yaml").get("logger") or {}
+    logger = load_frozen(RunDir(run_dir).config).get("logger") or {}
     if not logger.get("wandb", True):
         return
     target = link_to_wandb(export_dir, model, "champion", project=logger.get("project") or "trainer",
@@ -341,11 +339,12 @@ def _link(run_dir: Path, export_dir: Path, model: str, version: int, record: Dec
 # --------------------------------------------------------------------------- lineage
 def run_lineage(run_dir: Path) -> dict[str, str]:
     """What a version traces back to: the run, its code, its data, its config."""
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"run.dir={run_dir} is not a run dir (no config.yaml there)")
-    manifest_path = run_dir / "manifest.json"
+    rd = RunDir(run_dir)
+    if not rd.is_run_dir():
+        raise UserError(f"run.dir={run_dir} is not a run dir (no {rd.config.name} there)")
+    manifest_path = rd.manifest
     if not manifest_path.is_file():
-        raise UserError(f"{run_dir} has no manifest.json: is it a run dir that trained?")
+        raise UserError(f"{run_dir} has no {manifest_path.name}: is it a run dir that trained?")
     manifest = json.loads(manifest_path.read_text())
     git = manifest.get("git") or {}
     return {
@@ -354,7 +353,7 @@ def run_lineage(run_dir: Path) -> dict[str, str]:
         "git.sha": git.get("sha") or "unknown",
         "git.dirty": str(git.get("dirty")),
         "data.fingerprint": manifest.get("data_fingerprint") or "unknown",
-        "config.hash": config_hash(run_dir / "config.yaml"),
+        "config.hash": config_hash(rd.config),
     }
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from trainer.errors import UserError, closest
+from trainer.files import append_line_durably
 
 log = logging.getLogger("trainer")
 EXPERIMENT = "trainer-registry"
@@ -257,12 +258,7 @@ class DecisionLog:
         lines = self._lines()
         record = {**record, "prev_sha256": hashlib.sha256(lines[-1].encode()).hexdigest() if lines else None}
         line = json.dumps(record, sort_keys=True, default=str)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line_durably(self.path, line)
         return record
 
     def records(self) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.tracking.run_dir import RunDir
 
 REPRODUCED_EXIT, NOT_REPRODUCED_EXIT = 0, 3
 
@@ -58,7 +59,7 @@ def current_data_fingerprint(run_dir: Path) -> str | None:
 
     from trainer.tracking.run_dir import load_frozen
 
-    dm = instantiate(load_frozen(run_dir / "config.yaml").data)
+    dm = instantiate(load_frozen(RunDir(run_dir).config).data)
     if not hasattr(dm, "prepare_data"):
         return None
     dm.prepare_data()
@@ -66,9 +67,9 @@ def current_data_fingerprint(run_dir: Path) -> str | None:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "manifest.json"
+    path = RunDir(Path(run_dir)).manifest
     if not path.is_file():
-        raise UserError(f"{run_dir} has no manifest.json: reproduce needs a run dir written by python -m trainer.train")
+        raise UserError(f"{run_dir} has no {path.name}: reproduce needs a run dir written by python -m trainer.train")
     return json.loads(path.read_text())
 
 
@@ -120,7 +121,7 @@ def on_gpu_run(run_dir: Path) -> bool:
 
     from trainer.tracking.run_dir import load_frozen
 
-    acc = load_frozen(run_dir / "config.yaml").trainer.accelerator
+    acc = load_frozen(RunDir(run_dir).config).trainer.accelerator
     return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
 
 

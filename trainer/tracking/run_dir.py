@@ -97,6 +97,22 @@ class RunDir:
         return self.path / "data_check"
 
     @property
+    def drift(self) -> Path:  # python -m trainer.drift reference=RUN: <stamp>/drift.{json,html} per comparison
+        return self.path / "drift"
+
+    @property
+    def promotion(self) -> Path:  # python -m trainer.promote: the latest decision about this run's model
+        return self.path / "promotion.json"
+
+    @property
+    def pipeline_state(self) -> Path:  # python -m trainer.pipeline: each step's status and input fingerprint
+        return self.path / "pipeline.json"
+
+    @property
+    def reproduction(self) -> Path:  # python -m trainer.reproduce, in the reproduction's run dir: the verdict
+        return self.path / "reproduce.json"
+
+    @property
     def tokenizer(self) -> Path:  # the tokenizer's files (save_pretrained), for export and evaluation
         return self.path / "tokenizer"
 
