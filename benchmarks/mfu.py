@@ -51,9 +51,9 @@ from benchmarks.common import (  # noqa: E402
 VARIANTS = ("handwritten", "ours", "ours_fused", "zero2_1b")
 BATCH_CANDIDATES = (64, 32, 16, 8)
 GPT2 = ["experiment=gpt2_124m", "strategy=single", "trainer.devices=1", "trainer.accumulate_grad_batches=1",
-        "data.tokenizer=byte", "model.vocab_size=50304"]
+        "data.path=stdlib", "data.tokenizer=byte", "model.vocab_size=50304"]
 GPT_1B = ["experiment=gpt_1b", "strategy=deepspeed_zero2", "trainer.devices=1", "trainer.num_nodes=1",
-          "trainer.accumulate_grad_batches=1", "data.tokenizer=byte", "model.vocab_size=32768"]
+          "trainer.accumulate_grad_batches=1", "data.path=stdlib", "data.tokenizer=byte", "model.vocab_size=32768"]
 SMOKE = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_len=32", "model.mlp_hidden=64",
          "model.vocab_size=256", "trainer.accelerator=cpu", "trainer.compile=false", "trainer.num_threads=1",
          "data.num_workers=0"]

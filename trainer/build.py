@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -128,6 +129,25 @@ def build_model(model: DictConfig, datamodule) -> tuple[Any, dict]:
     return instantiate(model, **fills), spec
 
 
+def check_init_from(cfg: DictConfig) -> None:
+    """Fine-tuning from model.init_from (a Hugging Face Llama directory): every tensor's shape and the
+    config values checked against the model this config builds, before any file of the run is written
+    (the vocabulary, when null, comes from the data's tokenizer as build_model fills it)."""
+    from trainer.models.llama_hf import check_hf_shapes, gpt_config_of
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    vocab = build_datamodule(cfg.data).vocab_size if model.get("vocab_size") is None else None
+    check_hf_shapes(Path(model["init_from"]), gpt_config_of(model, vocab))
+
+
+def apply_init_from(net, spec: dict) -> None:
+    """Load model.init_from into the freshly built net (a resumed run loads its own checkpoint instead)."""
+    if spec.get("init_from"):
+        from trainer.models.llama_hf import load_hf_weights
+
+        load_hf_weights(net, spec["init_from"])
+
+
 def build_plan(cfg: DictConfig, net, device: Device, world_size: int) -> StrategyPlan:
     return make_plan(typed(StrategyConfig, cfg.strategy), net=net, on_gpu=device.on_gpu, precision=device.precision, world_size=world_size,
                      micro_batch_size=micro_batch_size(cfg.data), accumulate=cfg.trainer.accumulate_grad_batches,
@@ -180,8 +200,9 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir, net, plan: StrategyPlan, c
                     is_zero: bool, world_size: int, extra: Sequence[Any] = ()) -> list:
     """In order: observability (its batch-end mark then lands before a checkpoint save, which it leaves
     out of the step timing), the strategy's own, checkpoints, preemption, progress, rank agreement,
-    then `extra` (benchmarks' step clocks)."""
+    the data check's W&B table, then `extra` (benchmarks' step clocks)."""
     from trainer.distributed.preemption import keep_handlers_callback
+    from trainer.lifecycle.data_check import wandb_callbacks
     from trainer.tracking import console
 
     callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), *plan.callbacks, checkpointer,
@@ -194,7 +215,7 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir, net, plan: StrategyPlan, c
         # launcher.local_addr / rdzv_is_host differ per node by design (multi-node torchrun): not compared
         shared = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "launcher"}
         callbacks.append(RankAgreementCheck(shared))
-    return callbacks + list(extra)
+    return callbacks + wandb_callbacks(run_dir.data_check) + list(extra)
 
 
 def _observability_callbacks(cfg: DictConfig, run_dir: RunDir, net) -> list:

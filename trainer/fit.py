@@ -53,6 +53,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     kernel_mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir), compiled=cfg.trainer.compile)
     datamodule = build.build_datamodule(cfg.data)
+    if is_zero and hasattr(getattr(datamodule, "tokenizer", None), "save_pretrained"):  # evaluate/export reload it
+        datamodule.tokenizer.save_pretrained(rd.tokenizer)
     net, spec = build.build_model(cfg.model, datamodule)
     plan = build.build_plan(cfg, net, device, proc.world_size)
     if is_zero:
@@ -68,6 +70,8 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     world, global_batch = cfg.trainer.devices * cfg.trainer.num_nodes, build.global_batch(cfg)
     resume = pick_resume_checkpoint(rd.checkpoints, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
     resume_state = plan.resume_state(resume, world_size=world, global_batch=global_batch) if resume else None
+    if resume is None:  # fine-tuning starts from model.init_from; a resumed run from its own checkpoint
+        build.apply_init_from(net, spec)
     if is_zero:
         console.print_start(rd.path, run_id, cfg.run.name, plan.name, net, datamodule, world, global_batch,
                             device.precision, kernel_mode, resume)
@@ -79,6 +83,10 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
+    if is_zero and cfg.logger.log_checkpoint and checkpointer.stopped_early is None and checkpointer.last_saved_step:
+        from trainer.tracking.artifacts import log_checkpoint_artifact
+
+        log_checkpoint_artifact(trainer.loggers, rd.path, checkpointer.last_saved_step)
     if code == REQUEUE_EXIT:
         leave_requeue_marker()
     if is_zero:

@@ -32,6 +32,15 @@ def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = No
 
     complete_target_sections(cfg)
     validate(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))  # `???`: a value only the user can give (e.g. data.path)
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
+    if cfg.model.get("init_from"):  # fine-tuning: a checkpoint that cannot load fails before the run dir exists
+        from trainer.build import check_init_from
+
+        with open_dict(cfg):
+            cfg.model.init_from = str(Path(cfg.model.init_from).expanduser().absolute())  # frozen absolute
+        check_init_from(cfg)
     proc = detect()
     rid = run_id or cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()
     if proc.launcher and proc.world_size > 1 and not (rid or cfg.run.dir):

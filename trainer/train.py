@@ -45,6 +45,9 @@ def start_run(cfg: DictConfig, argv: list[str]) -> int:
     from trainer.prepare import prepare_run, resolved
 
     run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
+    from trainer.lifecycle.data_check import check_before_training
+
+    check_before_training(cfg, run.dir, run.rank)  # data.quality: before any rank starts training
     if run.launcher is None and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         if cfg.trainer.num_nodes > 1:
             raise UserError(

@@ -6,23 +6,42 @@ from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose
 from trainer.config.schema import (
     DATA_DERIVED,
     CheckpointConfig,
+    DataQualityConfig,
     DebugConfig,
+    DriftConfig,
     LauncherConfig,
     LoggerConfig,
     ObservabilityConfig,
     OptimConfig,
     PathsConfig,
+    PipelineConfig,
     ProfilerConfig,
+    PromoteConfig,
+    RegistryConfig,
     RunConfig,
     StrategyConfig,
     TrainConfig,
     TrainerConfig,
 )
-from trainer.config.validate import check_target, import_target, signature_params, validate, validate_launcher
+from trainer.config.validate import (
+    check_drift_config,
+    check_pipeline_config,
+    check_promote_config,
+    check_quality_config,
+    check_registry_config,
+    check_target,
+    import_target,
+    quality_of,
+    signature_params,
+    validate,
+    validate_launcher,
+)
 
 __all__ = [
-    "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DebugConfig", "LauncherConfig", "LoggerConfig",
-    "ObservabilityConfig", "OptimConfig", "PathsConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
+    "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DataQualityConfig", "DebugConfig", "DriftConfig", "LauncherConfig",
+    "LoggerConfig", "ObservabilityConfig", "OptimConfig", "PathsConfig", "PipelineConfig", "ProfilerConfig", "PromoteConfig",
+    "RegistryConfig", "RunConfig", "StrategyConfig",
     "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "explain_hydra_error", "group_options",
-    "import_target", "normalize_overrides", "schema_keys", "signature_params", "validate", "validate_launcher",
+    "import_target", "normalize_overrides", "check_drift_config", "check_pipeline_config", "check_promote_config",
+    "check_quality_config", "check_registry_config", "quality_of", "schema_keys", "signature_params", "validate", "validate_launcher",
 ]

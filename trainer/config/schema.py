@@ -103,6 +103,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     csv: bool = True
+    log_checkpoint: bool = False  # log the final checkpoint as a W&B artifact model-<id> (exports always are)
 
 
 @dataclass
@@ -186,6 +187,94 @@ class LauncherConfig:
     env: Dict[str, str] = field(default_factory=dict)  # extra environment for every rank (no secrets here)
 
 
+# --------------------------------------------------------------------------- the model lifecycle (trainer/lifecycle)
+ON_FAIL = ("error", "warn")
+PROMOTE_METRICS = ("loss", "bits_per_byte")  # lower is better for both
+PIPELINE_STEPS = ("data_check", "train", "evaluate", "export", "promote")
+TRIGGERS = ("always", "drift")
+
+
+@dataclass
+class DataQualityConfig:
+    """Corpus-level thresholds. A check fails when the share of documents with a problem is above its bar.
+
+    The per-document anchors are Gopher's (Rae et al. 2021, App. A: MassiveWeb quality filter and
+    near-duplicate removal): 50..100,000 words, mean word length 3..10 characters, MinHash over
+    13-word shingles with Jaccard similarity >= 0.8. The corpus-level shares are ours: generous
+    enough that this interpreter's own stdlib sources (the default corpus: code, so some short
+    files and long identifiers) pass, tight enough that a broken extraction does not.
+    """
+
+    enabled: bool = True  # run before every training run (text data only; cached per data fingerprint)
+    on_fail: str = "error"  # error: stop before training | warn: print the failures and train
+    min_documents: int = 2  # the train/validation split is by document
+    max_empty_fraction: float = 0.01  # empty or whitespace-only documents
+    max_undecodable_fraction: float = 0.01  # documents with bytes that are not UTF-8 (read as U+FFFD)
+    max_exact_duplicate_fraction: float = 0.05  # copies beyond the first of identical documents
+    max_near_duplicate_fraction: float = 0.10  # documents beyond the first of each near-duplicate cluster
+    max_leaked_val_fraction: float = 0.01  # validation documents with an exact or near copy in train
+    near_duplicate_jaccard: float = 0.8  # Gopher
+    shingle_words: int = 13  # Gopher
+    num_perm: int = 128  # MinHash permutations (datasketch); more: slower, tighter estimates
+    min_words: int = 50  # Gopher
+    max_words: int = 100_000  # Gopher
+    max_length_outlier_fraction: float = 0.10  # documents outside [min_words, max_words]
+    min_mean_word_length: float = 3.0  # Gopher
+    max_mean_word_length: float = 10.0  # Gopher
+    max_word_length_outlier_fraction: float = 0.10  # documents whose mean word length is outside the range
+    seed: int = 1  # MinHash permutations: fixed, so a report is a pure function of the corpus
+
+
+@dataclass
+class DriftConfig:
+    """Drift thresholds, Evidently-like: PSI 0.1 and Jensen-Shannon distance 0.1."""
+
+    psi_threshold: float = 0.1  # population stability index of document length (characters)
+    js_threshold: float = 0.1  # Jensen-Shannon distance (base 2, in [0, 1]) of the token unigram distributions
+    byte_fallback_threshold: float = 0.1  # rise in the share of single-byte tokens (BPE) from reference to current
+    new_vocab_threshold: float = 0.1  # share of word occurrences unseen in the reference, above the reference's own
+    psi_bins: int = 10  # quantile bins of the reference
+    min_documents: int = 500  # fewer on either side: PSI is mostly noise (~0.036 on identical data at 500), not judged
+
+
+@dataclass
+class RegistryConfig:
+    # MLflow tracking/registry URI. None: the embedded default, sqlite:///<paths.runs_dir>/registry/mlflow.db.
+    # A team: http(s)://your-mlflow-server (artifacts go to the server's artifact store).
+    uri: Optional[str] = None
+    # The append-only decision log (JSON lines). None: <paths.runs_dir>/registry/decisions.jsonl.
+    decision_log: Optional[str] = None
+    wandb_link: bool = True  # also link promoted versions into the W&B Registry when W&B is online
+    lock_timeout_s: float = 900.0  # waiting for another promotion of the same registry
+    request_timeout_s: float = 10.0  # a remote registry that does not answer in this time is unreachable
+
+
+@dataclass
+class PromoteConfig:
+    metric: str = "loss"  # loss (nats/token) | bits_per_byte; lower is better
+    # Promote only if champion - candidate > min_delta (strictly better by more than this).
+    min_delta: float = 0.0
+    # With no champion yet the candidate must reach this bar (same metric). None: no bar, and the first
+    # promotion is refused until you set one.
+    max_loss: Optional[float] = None
+    require_approval: bool = False  # register as pending; a person runs `promote approve VERSION --by --reason`
+    eval_tokens: Optional[str] = None  # a fixed held-out token set; None: the candidate's validation split
+    eval_max_tokens: Optional[int] = None  # evaluate on at most this many tokens of it (the same for both)
+
+
+@dataclass
+class PipelineConfig:
+    """`python -m trainer.pipeline [pipeline=retrain]`: steps run in order, each skipped when up to date."""
+
+    name: str = "retrain"  # names the run dirs: <runs_dir>/<run.name>/<name>-<hash of the inputs>
+    steps: List[str] = field(default_factory=lambda: list(PIPELINE_STEPS))
+    model_name: Optional[str] = None  # the registered model; None: run.name
+    trigger: str = "always"  # always | drift: run only when `current` data drifted from drift_reference
+    drift_reference: Optional[str] = None  # a run dir or data path (trigger=drift)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    stop_after: Optional[str] = None  # drills and tests: end after this step, as a kill between steps would
+
+
 @dataclass
 class TrainConfig:
     seed: int = 1337
@@ -204,9 +293,15 @@ class TrainConfig:
     data: Any = None  # {_target_: ..., **constructor kwargs}
     module: Any = None  # optional {_target_: a LightningModule} replacing the built-in one
     launcher: Optional[LauncherConfig] = None  # set by `+launcher=torchrun|slurm|k8s` (launch/)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)  # where promoted models go (trainer/lifecycle)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    pipeline: Optional[PipelineConfig] = None  # set by `pipeline=retrain` (python -m trainer.pipeline)
 
 
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    # Text data configs pull this in (`defaults: [quality: default]`) as data.quality.
+    cs.store(group="data/quality", name="default", node=DataQualityConfig)

@@ -65,6 +65,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("module") is not None:
         check_target("module", cfg.module, skip=("net", "model"))
     validate_observability(cfg.observability)
+    check_lifecycle_config(cfg)
     _validate_debug(cfg.debug, t.devices * t.num_nodes)
     if cfg.get("profiler") is not None:
         positive("profiler.start_step", cfg.profiler.start_step)
@@ -241,6 +242,90 @@ def _simple_types(annotation: Any) -> tuple | None:
 
 
 # --------------------------------------------------------------------------- small checks
+# --------------------------------------------------------------------------- the model lifecycle's sections
+def check_quality_config(q, prefix: str = "data.quality") -> None:
+    one_of(f"{prefix}.on_fail", q.on_fail, S.ON_FAIL)
+    for key in ("max_empty_fraction", "max_undecodable_fraction", "max_exact_duplicate_fraction",
+                "max_near_duplicate_fraction", "max_leaked_val_fraction", "max_length_outlier_fraction",
+                "max_word_length_outlier_fraction"):
+        fraction(f"{prefix}.{key}", getattr(q, key))
+    if not 0.0 < q.near_duplicate_jaccard <= 1.0:
+        raise UserError(f"{prefix}.near_duplicate_jaccard must be in (0, 1], got {q.near_duplicate_jaccard}")
+    for key in ("min_documents", "shingle_words", "num_perm", "min_words", "max_words"):
+        if getattr(q, key) < 1:
+            raise UserError(f"{prefix}.{key} must be >= 1, got {getattr(q, key)}")
+    if q.max_words < q.min_words:
+        raise UserError(f"{prefix}.max_words={q.max_words} is below {prefix}.min_words={q.min_words}")
+    if not 0 < q.min_mean_word_length <= q.max_mean_word_length:
+        raise UserError(f"{prefix}.min_mean_word_length={q.min_mean_word_length} must be > 0 and <= "
+                        f"{prefix}.max_mean_word_length={q.max_mean_word_length}")
+
+
+def check_drift_config(d, prefix: str = "drift") -> None:
+    for key in ("psi_threshold", "js_threshold", "byte_fallback_threshold", "new_vocab_threshold"):
+        if getattr(d, key) <= 0:
+            raise UserError(f"{prefix}.{key} must be > 0, got {getattr(d, key)}")
+    if d.psi_bins < 2:
+        raise UserError(f"{prefix}.psi_bins must be >= 2, got {d.psi_bins}")
+    if d.min_documents < 1:
+        raise UserError(f"{prefix}.min_documents must be >= 1, got {d.min_documents}")
+
+
+def check_promote_config(p, prefix: str = "promote") -> None:
+    one_of(f"{prefix}.metric", p.metric, S.PROMOTE_METRICS)
+    if p.min_delta < 0:
+        raise UserError(f"{prefix}.min_delta must be >= 0 (how much better than the champion), got {p.min_delta}")
+    if p.max_loss is not None and p.max_loss <= 0:
+        raise UserError(f"{prefix}.max_loss must be a positive bar (or null), got {p.max_loss}")
+    if p.eval_max_tokens is not None and p.eval_max_tokens < 2:
+        raise UserError(f"{prefix}.eval_max_tokens must be >= 2 (or null for all), got {p.eval_max_tokens}")
+
+
+def check_registry_config(r, prefix: str = "registry") -> None:
+    for key in ("lock_timeout_s", "request_timeout_s"):
+        if getattr(r, key) <= 0:
+            raise UserError(f"{prefix}.{key} must be > 0 seconds, got {getattr(r, key)}")
+
+
+def check_pipeline_config(p, prefix: str = "pipeline") -> None:
+    unknown = [s for s in p.steps if s not in S.PIPELINE_STEPS]
+    if unknown or not p.steps:
+        raise UserError(f"{prefix}.steps={list(p.steps)}: steps are chosen from {', '.join(S.PIPELINE_STEPS)} (in that order)")
+    if list(p.steps) != [s for s in S.PIPELINE_STEPS if s in p.steps]:
+        raise UserError(f"{prefix}.steps={list(p.steps)} are out of order: they run as {', '.join(S.PIPELINE_STEPS)}")
+    one_of(f"{prefix}.trigger", p.trigger, S.TRIGGERS)
+    if p.trigger == "drift" and not p.drift_reference:
+        raise UserError(f"{prefix}.trigger=drift needs {prefix}.drift_reference=RUN_DIR_OR_DATA (what the new data is compared with)")
+    if p.stop_after is not None and p.stop_after not in p.steps:
+        raise UserError(f"{prefix}.stop_after={p.stop_after!r} is not one of the steps {list(p.steps)}")
+    check_drift_config(p.drift, f"{prefix}.drift")
+
+
+def quality_of(data) -> S.DataQualityConfig | None:
+    """The data check's settings of a `data` section: None for data modules that are not text corpora;
+    for text, data.quality with the schema's defaults for every key it leaves out (absent or null: all)."""
+    if data is None or data.get("_target_") != "trainer.data.TokenDataModule":
+        return None
+    given = data.get("quality")
+    given = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else dict(given or {})
+    names = [f.name for f in fields(S.DataQualityConfig)]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise UserError(f"unknown config key 'data.quality.{unknown[0]}'.{closest(unknown[0], names)} Valid keys: {', '.join(names)}.")
+    q = S.DataQualityConfig(**given)
+    check_quality_config(q)
+    return q
+
+
+def check_lifecycle_config(cfg) -> None:
+    """The lifecycle sections of a composed training config."""
+    quality_of(cfg.get("data"))
+    check_registry_config(cfg.registry)
+    check_promote_config(cfg.promote)
+    if cfg.get("pipeline") is not None:
+        check_pipeline_config(cfg.pipeline)
+
+
 def positive(key: str, value) -> None:
     if value is None or value <= 0:
         raise UserError(f"{key} must be positive, got {value}")
@@ -254,3 +339,8 @@ def non_negative(key: str, value) -> None:
 def one_of(key: str, value, options) -> None:
     if value not in options:
         raise UserError(f"{key}={value!r} is not one of {', '.join(map(str, options))}.{closest(str(value), options)}")
+
+
+def fraction(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"{key} must be a fraction in [0, 1], got {value}")

@@ -73,6 +73,10 @@ class RunDir:
         return self.path / "wandb_id.txt"
 
     @property
+    def wandb_artifacts(self) -> Path:  # the model artifacts this run logged (name, step, val loss, aliases)
+        return self.path / "wandb_artifacts.json"
+
+    @property
     def profiler(self) -> Path:  # torch.profiler traces and top-kernel tables
         return self.path / "profiler"
 
@@ -87,6 +91,26 @@ class RunDir:
     @property
     def eval(self) -> Path:  # python -m trainer.evaluate: <name>.json per evaluation
         return self.path / "eval"
+
+    @property
+    def data_check(self) -> Path:  # the data check before training (report.json, report.html)
+        return self.path / "data_check"
+
+    @property
+    def drift(self) -> Path:  # python -m trainer.drift reference=RUN: <stamp>/drift.{json,html} per comparison
+        return self.path / "drift"
+
+    @property
+    def promotion(self) -> Path:  # python -m trainer.promote: the latest decision about this run's model
+        return self.path / "promotion.json"
+
+    @property
+    def pipeline_state(self) -> Path:  # python -m trainer.pipeline: each step's status and input fingerprint
+        return self.path / "pipeline.json"
+
+    @property
+    def reproduction(self) -> Path:  # python -m trainer.reproduce, in the reproduction's run dir: the verdict
+        return self.path / "reproduce.json"
 
     @property
     def tokenizer(self) -> Path:  # the tokenizer's files (save_pretrained), for export and evaluation
