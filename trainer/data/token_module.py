@@ -112,6 +112,12 @@ class TokenDataModule(pl.LightningDataModule):
         self._tokenizer: Tokenizer | None = None
         self.built_shards = False  # whether this process built any of them (others reused them)
 
+    @classmethod
+    def check_config(cls, **kwargs) -> None:
+        """The checks that need no file and no network (all of them live in the constructor): the config
+        validation runs them before a run dir exists."""
+        cls(**kwargs)
+
     def _index(self, i: int) -> int | None:
         """The source's index in data.sources, or None for the single data.path source (for messages)."""
         return i if len(self.specs) > 1 or self.path is None else None
