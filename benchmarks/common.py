@@ -201,43 +201,34 @@ def compose(overrides: Sequence[str]):
 
 def build_data(cfg):
     """The configured data module, shards built (or found in the cache) and opened."""
-    from hydra.utils import instantiate
+    from trainer.build import build_datamodule
 
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
+    return build_datamodule(cfg.data)
 
 
 def build_net_and_module(cfg, datamodule):
-    """The same net (seeded as run_fit seeds it) and LightningModule our trainer builds."""
+    """The same net (seeded as run_fit seeds it) and LightningModule our trainer builds, through
+    the trainer's public builders (one process, so the single-process strategy plan)."""
     import pytorch_lightning as pl
 
-    from trainer import fit
+    from trainer.build import build_model, build_module, build_plan, resolve_device
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    net, _ = fit._build_model(cfg.model, datamodule)
-    return net, fit._build_module(cfg, net)
+    net, _ = build_model(cfg.model, datamodule)
+    plan = build_plan(cfg, net, resolve_device(cfg.trainer), world_size=1)
+    return net, build_module(cfg, net, plan)
 
 
 def run_ours(overrides: Sequence[str], callbacks: Sequence[Any]) -> int:
     """`python -m trainer.train <overrides>` in this process (one process, no launcher), with
-    extra callbacks: compose, validate, run dir, frozen config, manifest, then fit.run_fit."""
-    from omegaconf import OmegaConf, open_dict
-
+    extra callbacks: compose, then the trainer's own run preparation (validate, run dir, frozen
+    config, manifest) and run_fit."""
     from trainer.fit import run_fit
-    from trainer.tracking.manifest import build_manifest, write_json
-    from trainer.tracking.run_dir import freeze_config, resolve_run_dir
+    from trainer.prepare import prepare_run, resolved
 
     cfg = compose(overrides)
-    run_dir, run_id = resolve_run_dir(cfg.run.name, cfg.run.id, cfg.run.dir, cfg.paths.runs_dir)
-    with open_dict(cfg):
-        cfg.run.id, cfg.run.dir = run_id, str(run_dir)
-    freeze_config(cfg, run_dir)
-    write_json(run_dir / "manifest.json", build_manifest(
-        run_id=run_id, run_dir=run_dir, seed=cfg.seed, argv=["benchmarks", *overrides], extra={"launcher": "benchmark"}))
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    return run_fit(resolved, run_dir, run_id, extra_callbacks=list(callbacks))
+    run = prepare_run(cfg, ["benchmarks", *overrides], launcher_label="benchmark")
+    return run_fit(resolved(cfg), run.dir, run.id, extra_callbacks=list(callbacks))
 
 
 def plain_lightning_trainer(*, device: str, precision: str, max_steps: int, gradient_clip_val: float, callbacks: list):

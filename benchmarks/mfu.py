@@ -128,7 +128,7 @@ def largest_batch(cfg, dm, tokens) -> int:
 
 
 def run_trainer_variant(args, workdir: Path, name: str) -> dict:
-    from trainer import fit, ops
+    from trainer import ops
 
     cuda = args.device == "cuda"
     if name == "zero2_1b":
@@ -141,7 +141,7 @@ def run_trainer_variant(args, workdir: Path, name: str) -> dict:
         raise RuntimeError(f"our trainer exited with code {code}")
     cfg = compose(overrides)
     return {**clock.summary(), "batch_size": batch, "seq_len": cfg.model.seq_len,
-            "flops_per_token": _flops_per_token(cfg), "kernels": fit.ops_status(ops.kernel_mode()),
+            "flops_per_token": _flops_per_token(cfg), "kernels": {"mode": ops.kernel_mode(), **ops.kernel_status()},
             "compile": bool(cfg.trainer.compile)}
 
 

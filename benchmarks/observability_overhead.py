@@ -29,7 +29,8 @@ import torch
 from trainer.data import TokenDataModule
 from trainer.models.gpt import GPT, GPTConfig
 from trainer.module import TrainModule
-from trainer.observability import ObservabilityConfig, PerfMonitor
+from trainer.config import ObservabilityConfig
+from trainer.observability import PerfMonitor
 
 HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_train_batch_end")
 
@@ -108,7 +109,7 @@ def run_once(data: pl.LightningDataModule, steps: int, warmup: int, observe: boo
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
     if observe:
         cfg = vars(ObservabilityConfig())
-        monitor = PerfMonitor(run_dir, net.flops_per_token(), 256, log_every_n_steps=10, **cfg)
+        monitor = PerfMonitor(run_dir / "perf", net.flops_per_token(), 256, log_every_n_steps=10, **cfg)
         spent = instrument(monitor)
         callbacks.insert(0, monitor)
     trainer = pl.Trainer(accelerator=device, devices=1, max_steps=steps, precision="bf16-mixed" if device == "cuda" else "32-true",

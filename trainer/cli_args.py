@@ -25,7 +25,9 @@ def parse_kv(argv: list[str], allowed: dict[str, type], required: tuple[str, ...
 
 
 def existing_run_dir(value: str) -> Path:
+    from trainer.tracking.run_dir import RunDir
+
     path = Path(value).expanduser().absolute()
-    if not (path / "config.yaml").is_file():
+    if not RunDir(path).is_run_dir():
         raise UserError(f"run.dir={path} is not a run dir (no config.yaml there)")
     return path

@@ -19,7 +19,9 @@ def export(run_dir: Path, checkpoint: Path | None = None) -> Path:
     from safetensors.torch import save_file
 
     from trainer.checkpoint import store
-    from trainer.checkpoint.weights import MODEL_SPEC, build_net, load_model_state, newest_checkpoint
+    from trainer.checkpoint.weights import build_net, load_model_state, newest_checkpoint
+    from trainer.files import atomic_write_json
+    from trainer.tracking.run_dir import RunDir
 
     if checkpoint is not None:
         try:
@@ -33,8 +35,8 @@ def export(run_dir: Path, checkpoint: Path | None = None) -> Path:
     net = build_net(run_dir)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{info.path} does not match the model in {run_dir / MODEL_SPEC}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    out = run_dir / "export"
+        raise UserError(f"{info.path} does not match the model in {RunDir(run_dir).model_spec}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    out = RunDir(run_dir).export
     out.mkdir(exist_ok=True)
     # Tied weights share storage; safetensors stores each tensor once, so clone per name.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
@@ -44,9 +46,9 @@ def export(run_dir: Path, checkpoint: Path | None = None) -> Path:
     tmp = out / "model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"step": str(info.step), "source": str(info.path)})
     tmp.replace(out / "model.safetensors")
-    spec = json.loads((run_dir / MODEL_SPEC).read_text())
-    (out / "config.json").write_text(json.dumps({"model": spec, "step": info.step, "dtype": str(next(iter(tensors.values())).dtype),
-                                                 "num_params": sum(v.numel() for v in tensors.values())}, indent=2))
+    spec = json.loads(RunDir(run_dir).model_spec.read_text())
+    atomic_write_json(out / "config.json", {"model": spec, "step": info.step, "dtype": str(next(iter(tensors.values())).dtype),
+                                            "num_params": sum(v.numel() for v in tensors.values())})
     return out / "model.safetensors"
 
 

@@ -14,9 +14,9 @@ def generate(run_dir, prompt: str, tokens: int, temperature: float, top_k: int, 
     from hydra.utils import instantiate
 
     from trainer.checkpoint.weights import build_net, load_model_state, newest_checkpoint
-    from trainer.tracking.run_dir import load_frozen
+    from trainer.tracking.run_dir import RunDir, load_frozen
 
-    cfg = load_frozen(run_dir / "config.yaml")
+    cfg = load_frozen(RunDir(run_dir).config)
     net = build_net(run_dir)
     if not hasattr(net, "generate"):
         raise UserError(f"{type(net).__name__} is not a language model (it has no generate method)")

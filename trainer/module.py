@@ -8,7 +8,7 @@ Batches are `(inputs, targets)`.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -19,22 +19,28 @@ class TrainModule(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: Sequence[float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        warmup_steps: int = 20,
-        schedule: str = "cosine",
-        min_lr_ratio: float = 0.1,
-        max_steps: int = 1000,
+        *,
+        lr: float,
+        weight_decay: float,
+        betas: Sequence[float],
+        eps: float,
+        warmup_steps: int,
+        schedule: str,
+        min_lr_ratio: float,
+        max_steps: int,
         compile: bool = False,
+        optimizer_class: Callable[..., torch.optim.Optimizer] | None = None,
     ):
+        """The optimizer settings are the `optim` section (trainer/config/schema.py OptimConfig holds the
+        defaults); `optimizer_class` replaces AdamW when the strategy plan substitutes one (CPU Adam
+        under DeepSpeed offload), called as optimizer_class(param_groups, lr=, betas=, eps=)."""
         super().__init__()
         self.net = net
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.warmup_steps, self.schedule, self.min_lr_ratio = warmup_steps, schedule, min_lr_ratio
         self.max_steps = max_steps
         self.compile = compile
+        self.optimizer_class = optimizer_class
         self._compiled: nn.Module | None = None
         # Weight decay on matrices (linear and embedding weights) only; not on norms or biases. Decided
         # here, on the plain net: under FSDP the parameters seen by configure_optimizers are flat shards.
@@ -91,26 +97,13 @@ class TrainModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _make_optimizer(self, groups):
-        strategy = getattr(self.trainer, "strategy", None) if self._trainer is not None else None
-        ds_cfg = getattr(strategy, "config", None)
-        offload = bool(ds_cfg and ds_cfg.get("zero_optimization", {}).get("offload_optimizer"))
-        if offload:
-            # DeepSpeed's CPU Adam is the optimizer it expects when optimizer state lives on the host.
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            return DeepSpeedCPUAdam(groups, lr=self.lr, betas=self.betas, eps=self.eps, adamw_mode=True)
+        if self.optimizer_class is not None:
+            return self.optimizer_class(groups, lr=self.lr, betas=self.betas, eps=self.eps)
         # The fused CUDA AdamW is the fastest; it unscales fp16 gradients inside step(), so with a
         # 16-mixed GradScaler clipping would see scaled gradients: use it for fp32/bf16 only.
         precision = str(getattr(self.trainer, "precision", "")) if self._trainer is not None else ""
         fused = self.device.type == "cuda" and not precision.startswith("16")
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused or None)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Clip by global norm. Done here rather than through Lightning's precision plugin, which
-        refuses optimizers that unscale internally (the fused AdamW) even in bf16, where nothing is
-        scaled; with a 16-mixed scaler the optimizer is not fused and Lightning has unscaled already."""
-        if gradient_clip_val:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def lr_factor(self, step: int) -> float:
         """Linear warmup to 1, then cosine to min_lr_ratio at max_steps (or constant)."""

@@ -15,8 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from trainer.config import CONFIG_DIR, compose_config, validate
+from trainer.config import CONFIG_DIR, compose_config, normalize_overrides
 from trainer.errors import UserError, exit_on_user_error
+from trainer.tracking.run_dir import launcher_run_id
 
 # Hydra flags that take over the run: let Hydra handle them untouched.
 _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--multirun", "-m", "--resolve",
@@ -32,38 +33,19 @@ def precheck(argv: list[str]) -> None:
         compose_config(argv)
 
 
+def hydra_argv(argv: list[str]) -> list[str]:
+    """The arguments as Hydra must see them: a `_target_` section's constructor argument that its
+    YAML leaves out gets `++` (trainer.config.normalize_overrides); everything else, in order, as is."""
+    overrides = [a for a in argv if "=" in a and a.split("=")[0] not in _HYDRA_FLAGS]
+    normalized = iter(normalize_overrides(overrides))
+    return [next(normalized) if a in overrides else a for a in argv]
+
+
 def start_run(cfg: DictConfig, argv: list[str]) -> int:
-    from trainer.distributed.env import detect
-    from trainer.tracking.manifest import build_manifest, write_json
-    from trainer.tracking.run_dir import freeze_config, launcher_run_id, resolve_run_dir
+    from trainer.prepare import prepare_run, resolved
 
-    validate(cfg)
-    missing = sorted(OmegaConf.missing_keys(cfg))  # `???`: a value only the user can give (e.g. data.path)
-    if missing:
-        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
-    proc = detect()
-    run_id = cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()
-    if proc.launcher and proc.world_size > 1 and not (run_id or cfg.run.dir):
-        raise UserError(
-            f"running under {proc.launcher} with {proc.world_size} processes but no shared run id: "
-            "set run.id=NAME (or torchrun --rdzv-id=NAME) so every rank uses the same run dir"
-        )
-    run_id = _sweep_suffix(run_id)
-    run_dir, run_id = resolve_run_dir(cfg.run.name, run_id, cfg.run.dir, cfg.paths.runs_dir)
-    with open_dict(cfg):
-        cfg.run.id, cfg.run.dir = run_id, str(run_dir)
-    if proc.rank == 0:
-        frozen = freeze_config(cfg, run_dir)
-        write_json(run_dir / "manifest.json", build_manifest(
-            run_id=run_id, run_dir=run_dir, seed=cfg.seed, argv=[sys.executable, "-m", "trainer.train", *argv],
-            extra={"launcher": proc.launcher or ("torchrun-local" if cfg.trainer.devices > 1 else "local"),
-                   "world_size": cfg.trainer.devices * cfg.trainer.num_nodes},
-        ))
-    else:
-        frozen = run_dir / "config.yaml"
-
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
-    if proc.launcher is None and world > 1:
+    run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
+    if run.launcher is None and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         if cfg.trainer.num_nodes > 1:
             raise UserError(
                 f"trainer.num_nodes={cfg.trainer.num_nodes} needs a cluster launcher: "
@@ -71,12 +53,11 @@ def start_run(cfg: DictConfig, argv: list[str]) -> int:
             )
         from trainer.distributed.spawn import relaunch_local
 
-        print(f"run dir: {run_dir}", flush=True)
-        return relaunch_local(frozen, cfg.trainer.devices, run_id)
+        print(f"run dir: {run.dir}", flush=True)
+        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id)
     from trainer.fit import run_fit
 
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    return run_fit(resolved, run_dir, run_id)  # type: ignore[arg-type]
+    return run_fit(resolved(cfg), run.dir, run.id)
 
 
 def _sweep_suffix(run_id: str | None) -> str | None:
@@ -103,6 +84,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     precheck(sys.argv[1:])
+    sys.argv = [sys.argv[0], *hydra_argv(sys.argv[1:])]
     _hydra_main()
 
 

@@ -11,7 +11,8 @@ from trainer.checkpoint.reshard import plan_resume
 from trainer.checkpoint.shards import MissingShards, shard_list
 from trainer.distributed.agreement import config_hash, disagreements
 from trainer.distributed.nccl import set_nccl_defaults
-from trainer.distributed.strategies import deepspeed_json
+from trainer.config import StrategyConfig
+from trainer.distributed.deepspeed import deepspeed_json
 from trainer.errors import UserError
 
 
@@ -28,7 +29,7 @@ def test_disagreements_name_the_field_and_the_ranks():
 
 def test_nccl_flight_recorder_defaults_keep_user_settings(tmp_path):
     env = {"TORCH_NCCL_TRACE_BUFFER_SIZE": "50"}
-    added = set_nccl_defaults(tmp_path, env)
+    added = set_nccl_defaults(tmp_path / "logs", env)
     assert env["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "50" and "TORCH_NCCL_TRACE_BUFFER_SIZE" not in added
     assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
     assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith(str(tmp_path / "logs"))
@@ -82,11 +83,11 @@ def test_resume_plans(tmp_path):
 
 
 def test_deepspeed_json_from_typed_fields_with_raw_overrides():
-    ds = deepspeed_json(zero_stage=3, micro_batch_size=4, accumulate=2, gradient_clip=1.0, precision="bf16-mixed",
-                        offload_optimizer=True, offload_params=True, overlap_comm=False, contiguous_gradients=True,
-                        reduce_bucket_size=10, allgather_bucket_size=20, stage3_prefetch_bucket_size=30,
-                        stage3_param_persistence_threshold=40,
-                        overrides={"zero_optimization": {"reduce_bucket_size": 99}, "steps_per_print": 7})
+    s = StrategyConfig(name="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True, overlap_comm=False,
+                       contiguous_gradients=True, reduce_bucket_size=10, allgather_bucket_size=20,
+                       stage3_prefetch_bucket_size=30, stage3_param_persistence_threshold=40,
+                       deepspeed_config={"zero_optimization": {"reduce_bucket_size": 99}, "steps_per_print": 7})
+    ds = deepspeed_json(s, micro_batch_size=4, accumulate=2, gradient_clip=1.0, precision="bf16-mixed")
     z = ds["zero_optimization"]
     assert z["stage"] == 3 and z["reduce_bucket_size"] == 99 and z["allgather_bucket_size"] == 20
     assert z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"

@@ -105,7 +105,7 @@ def test_perf_monitor_in_a_gpu_training_run(tmp_path):
                          schedule="cosine", min_lr_ratio=0.1, max_steps=60)
     tokens = torch.randint(0, 256, (64 * 16, seq + 1))
     loader = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=16, shuffle=True)
-    monitor = PerfMonitor(run_dir, net.flops_per_token(), seq, log_every_n_steps=10, nvml_interval_s=0.2,
+    monitor = PerfMonitor(run_dir / "perf", net.flops_per_token(), seq, log_every_n_steps=10, nvml_interval_s=0.2,
                           verdict_every_n_steps=30, straggler_every_n_steps=10)
     trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=60, callbacks=[monitor],
                          logger=pl.loggers.CSVLogger(run_dir, name="csv", version=""), log_every_n_steps=10,

@@ -50,7 +50,7 @@ class TinyLM(pl.LightningModule):
 def fit(tmp_path: Path, steps: int = 16, delay_s: float = 0.0, flops=True, d_model=64, batch_size=8, **obs) -> PerfMonitor:
     torch.manual_seed(0)
     module = TinyLM(d_model)
-    monitor = PerfMonitor(tmp_path, module.net.flops_per_token() if flops else None, SEQ if flops else None,
+    monitor = PerfMonitor(tmp_path / "perf", module.net.flops_per_token() if flops else None, SEQ if flops else None,
                           log_every_n_steps=4, verdict_every_n_steps=8, straggler_every_n_steps=4,
                           nvml_interval_s=0.05, warmup_steps=2, **obs)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
@@ -135,7 +135,11 @@ def test_gpt_flops_per_token_matches_the_flop_counter(cfg):
 def test_torch_profiler_window_writes_trace_and_top_kernels(tmp_path):
     from trainer.observability import StepWindowProfiler
 
-    profiler = StepWindowProfiler(tmp_path, start_step=3, num_steps=2, row_limit=10)
+    from dataclasses import asdict
+
+    from trainer.config import ProfilerConfig
+
+    profiler = StepWindowProfiler(tmp_path / "profiler", **asdict(ProfilerConfig(start_step=3, num_steps=2, row_limit=10)))
     trainer = pl.Trainer(max_steps=6, accelerator="cpu", callbacks=[profiler], logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(TinyLM(), DataLoader(Tokens(1000), batch_size=4))
@@ -162,15 +166,16 @@ def test_observability_config_groups_compose_and_validate():
         compose_config(["observability.nvml_intervl_s=1"])
 
     # what the trainer builds from them
-    from trainer.fit import _observability_callbacks
+    from trainer.build import _observability_callbacks
+    from trainer.tracking.run_dir import RunDir
 
     net = TinyLM().net
-    built = lambda *ov: [type(c).__name__ for c in _observability_callbacks(compose_config(list(ov)), Path("/unused"), net)]
+    built = lambda *ov: [type(c).__name__ for c in _observability_callbacks(compose_config(list(ov)), RunDir(Path("/unused")), net)]
     assert built() == ["PerfMonitor"]
     assert built("observability.enabled=false") == []
     assert built("profiler=torch", "debug=straggler", "trainer.devices=2", "strategy=ddp") == [
         "StragglerDelay", "PerfMonitor", "StepWindowProfiler"]
     cfg = compose_config(["observability.straggler_margin=0.5"])
-    monitor = _observability_callbacks(cfg, Path("/unused"), net)[0]
+    monitor = _observability_callbacks(cfg, RunDir(Path("/unused")), net)[0]
     assert monitor.cfg.straggler_margin == 0.5 and monitor.flops_per_token == net.flops_per_token()
     assert monitor.tokens_per_sample == cfg.data.seq_len and monitor.log_every_n_steps == cfg.trainer.log_every_steps

@@ -206,7 +206,7 @@ def test_a_real_cpu_run_reports_nvml_gpus_and_their_throttling(fake_nvml, tmp_pa
 
     import time
     data = TensorDataset(torch.randn(512, 64), torch.randn(512, 1))
-    monitor = PerfMonitor(tmp_path, log_every_n_steps=5, verdict_every_n_steps=100, nvml_interval_s=0.02, warmup_steps=1)
+    monitor = PerfMonitor(tmp_path / "perf", log_every_n_steps=5, verdict_every_n_steps=100, nvml_interval_s=0.02, warmup_steps=1)
     trainer = pl.Trainer(max_steps=15, accelerator="cpu", callbacks=[monitor], logger=pl.loggers.CSVLogger(tmp_path, name="csv", version=""),
                          enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Regression(), DataLoader(data, batch_size=16))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from trainer.errors import UserError
-from trainer.observability import ObservabilityConfig, PerfMonitor
+from trainer.config import ObservabilityConfig
+from trainer.observability import PerfMonitor
 from trainer.observability.peaks import PEAK_TFLOPS, compute_dtype, device_key, peak_for
 from trainer.observability.stats import gpu_health, median, summarize
 from trainer.observability.timing import StepTimer

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from trainer.files import atomic_write_json, fsync_path
+
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TMP_PREFIX = ".tmp-"
@@ -63,19 +65,11 @@ def _files_under(d: Path) -> Iterable[Path]:
             yield p
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(ckpt_dir: Path, *, step: int, state: str, meta: dict, checksum: str) -> dict:
     """fsync every file in ckpt_dir, then write the manifest describing them (itself fsync'ed)."""
     files = {}
     for p in _files_under(ckpt_dir):
-        _fsync_path(p)
+        fsync_path(p)
         files[str(p.relative_to(ckpt_dir))] = {"bytes": p.stat().st_size, "sha256": file_checksum(p, checksum)}
     manifest = {
         "format": FORMAT_VERSION,
@@ -86,14 +80,9 @@ def write_manifest(ckpt_dir: Path, *, step: int, state: str, meta: dict, checksu
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **meta,
     }
-    tmp = ckpt_dir / (MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / MANIFEST)
-    for d in {ckpt_dir, *(p.parent for p in _files_under(ckpt_dir))}:
-        _fsync_path(d)
+    for d in {*(p.parent for p in _files_under(ckpt_dir))}:
+        fsync_path(d)
+    atomic_write_json(ckpt_dir / MANIFEST, manifest)  # fsyncs itself and ckpt_dir
     return manifest
 
 
@@ -102,7 +91,7 @@ def publish(tmp_dir: Path, final_dir: Path) -> None:
     if final_dir.exists():
         final_dir.rename(final_dir.with_name(f"{final_dir.name}.replaced-{int(time.time())}"))
     os.replace(tmp_dir, final_dir)
-    _fsync_path(final_dir.parent)
+    fsync_path(final_dir.parent)
 
 
 def verify(ckpt_dir: Path, deep: bool = True) -> dict:

@@ -8,8 +8,8 @@ import torch
 
 from trainer.checkpoint import store
 from trainer.errors import UserError
+from trainer.tracking.run_dir import RunDir
 
-MODEL_SPEC = "model.json"
 
 
 def load_model_state(ckpt: store.CheckpointInfo) -> dict[str, torch.Tensor]:
@@ -41,14 +41,14 @@ def build_net(run_dir: Path):
     """Rebuild the plain nn.Module from <run_dir>/model.json (target + resolved kwargs)."""
     from hydra.utils import instantiate
 
-    path = run_dir / MODEL_SPEC
+    path = RunDir(run_dir).model_spec
     if not path.is_file():
         raise UserError(f"{path} not found: is {run_dir} a run dir that started training?")
     return instantiate(json.loads(path.read_text()))
 
 
 def newest_checkpoint(run_dir: Path) -> store.CheckpointInfo:
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     info, skipped = store.find_latest_valid(root)
     for msg in skipped:
         print(f"skipping damaged checkpoint: {msg}")

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from trainer.data.shards import ShardWriter, unigram_entropy_nats
+from trainer.data.shards import TOKENIZER_DIR, ShardWriter, unigram_entropy_nats
 from trainer.data.sources import Source, load_documents, quiet_datasets, stream_documents
 from trainer.data.tokenizer import TOKENIZER_FILE, BPETokenizer, Tokenizer, token_dtype
 from trainer.errors import UserError
@@ -123,7 +123,7 @@ def build_token_shards(
                                          index, progress)
     if writer.total == 0:
         raise _empty_corpus(source, index)
-    tokenizer.save_pretrained(out_dir / "tokenizer")
+    tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
     return {
         "format": SHARD_FORMAT,
         "fingerprint": fingerprint,
@@ -132,7 +132,7 @@ def build_token_shards(
         "vocab_size": tokenizer.vocab_size,
         "tokenizer": {"kind": tokenizer.kind, "name": getattr(tokenizer, "name", tokenizer.kind),
                       "identity": tokenizer.identity(), "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id,
-                      "dir": "tokenizer"},
+                      "dir": TOKENIZER_DIR},
         "split": split,
         "rows_read": rows,
         "max_tokens": spec.max_tokens,

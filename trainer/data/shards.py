@@ -3,12 +3,13 @@
 Layout of `<cache root>/<fingerprint>/`: train.bin and val.bin (flat token ids, dtype in the
 meta), meta.json (counts, dtype, tokenizer, split, unigram entropy), unigram.npy (training
 token counts per id) and tokenizer/ (the tokenizer that produced the ids, as
-`save_pretrained` writes it). A trained BPE has its own entry, `bpe-<fingerprint>/`. The directory is built under a temporary name and renamed into place while
-holding a file lock: a process that finds meta.json finds a complete shard set, and processes
+`save_pretrained` writes it). A trained BPE has its own entry, `bpe-<fingerprint>/`. The
+directory is built under a temporary name and renamed into place while holding a file lock: a process that finds meta.json finds a complete shard set, and processes
 that arrive during a build wait on the lock, then reuse what was built.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,9 +22,11 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from trainer.errors import UserError
+from trainer.files import atomic_write_bytes, atomic_write_json, fsync_path
 
 META = "meta.json"
 UNIGRAM = "unigram.npy"  # training-token counts per id
+TOKENIZER_DIR = "tokenizer"  # the tokenizer that wrote the ids, as save_pretrained writes it
 SPLITS = ("train", "val")
 LOCK_TIMEOUT_S = 3 * 3600  # a slow build of a big corpus is still a build; a dead builder releases the lock
 
@@ -83,11 +86,11 @@ def ensure_shards(root: Path, fingerprint: str, build: Callable[[Path], dict]) -
             tmp = Path(tempfile.mkdtemp(prefix=f"{fingerprint}.tmp-", dir=root))
             try:
                 meta = build(tmp)
-                _write_json_durably(tmp / META, meta)
+                atomic_write_json(tmp / META, meta)
                 if final.exists():  # a leftover without meta.json: never completed, safe to replace under the lock
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-                _fsync_dir(root)
+                fsync_path(root)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -143,12 +146,13 @@ class ShardWriter:
             self.unigram += np.bincount(tokens, minlength=len(self.unigram))[: len(self.unigram)]
 
     def close(self) -> None:
-        for f in self.files.values():
+        for split, f in self.files.items():
             if not f.closed:
-                f.flush()
-                os.fsync(f.fileno())
                 f.close()
-        np.save(self.dir / UNIGRAM, self.unigram)
+                fsync_path(self.dir / f"{split}.bin")
+        buffer = io.BytesIO()
+        np.save(buffer, self.unigram)
+        atomic_write_bytes(self.dir / UNIGRAM, buffer.getvalue())
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -166,19 +170,3 @@ def unigram_entropy_nats(counts: np.ndarray) -> float:
     counts = np.asarray(counts, dtype=np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
-
-
-def _write_json_durably(path: Path, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, TensorDataset
 
+from trainer.data.checks import require, with_defaults
 from trainer.data.sources import quiet_datasets
 from trainer.errors import UserError, closest
 
@@ -32,10 +33,7 @@ class TabularDataModule(pl.LightningDataModule):
         seed: int = 1337,
     ):
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise UserError(f"data.val_fraction={val_fraction!r} is invalid: it must be strictly between 0 and 1.")
-        if batch_size < 1:
-            raise UserError(f"data.batch_size={batch_size!r} is invalid: it must be a positive number of rows.")
+        self.check_config(val_fraction=val_fraction, batch_size=batch_size)
         self.path, self.label_column, self.batch_size = path, label_column, batch_size
         self.val_fraction, self.num_workers, self.seed = val_fraction, num_workers, seed
         self.num_features: int | None = None
@@ -43,6 +41,13 @@ class TabularDataModule(pl.LightningDataModule):
         self.classes: list = []
         self._train: TensorDataset | None = None
         self._val: TensorDataset | None = None
+
+    @classmethod
+    def check_config(cls, **kwargs) -> None:
+        """The data section's values, checked once: by the constructor and by the config validation."""
+        a = with_defaults(cls, kwargs)
+        require(0.0 < a["val_fraction"] < 1.0, "val_fraction", a["val_fraction"], "strictly between 0 and 1")
+        require(a["batch_size"] >= 1, "batch_size", a["batch_size"], "a positive number of rows")
 
     def prepare_data(self) -> None:
         self.setup()

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from trainer.data.checks import require, with_defaults
 from trainer.data.corpus import bpe_fingerprint, build_token_shards, data_fingerprint, hf_cache_dir, train_bpe
 from trainer.data.sampling import (
     Mixture,
@@ -71,39 +72,9 @@ class TokenDataModule(pl.LightningDataModule):
         num_proc: int = 1,  # processes for tokenization
         batch_delay_s: float = 0.0,  # debug: sleep per micro-batch in the loader, to make a run input-bound
     ):
+        self.check_config(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
-        check_tokenizer_args(tokenizer, bpe_vocab_size)
-        _require(seq_len >= 1, "seq_len", seq_len, "a positive number of tokens")
-        _require(batch_size >= 1, "batch_size", batch_size, "a positive number of sequences")
-        _require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "a fraction strictly between 0 and 1")
-        _require(val_batches >= 1, "val_batches", val_batches, "at least 1 (disable validation in the trainer)")
-        _require(num_workers >= 0, "num_workers", num_workers, "0 (load in the main process) or more")
-        _require(num_proc >= 1, "num_proc", num_proc, "at least 1")
-        _require(batch_delay_s >= 0, "batch_delay_s", batch_delay_s, "0 or more seconds")
-        common = dict(name=name, split=split, text_field=text_field, file_glob=file_glob, streaming=streaming,
-                      max_tokens=max_tokens)
-        sources = _plain(sources)
-        self.path = path
-        if sources:
-            if path is not None:
-                raise UserError(
-                    f"data.path={path!r} and data.sources are both set: a mixture takes its paths from data.sources. "
-                    "Set data.path=null (or use data=mixture)."
-                )
-            self.specs = source_specs(sources, common)
-        elif path is None:
-            raise UserError("data.path is null and data.sources is empty: set data.path (a file, directory or dataset "
-                            "name) or data.sources=[{path: A, weight: 0.7}, {path: B, weight: 0.3}].")
-        else:
-            self.specs = [check_spec(SourceSpec(path=str(path), **common))]
-        if tokenizer == "bpe":
-            for i, spec in enumerate(self.specs):
-                if spec.streaming:
-                    raise UserError(
-                        f"data.tokenizer=bpe is trained on the whole training split, which "
-                        f"{spec.where(self._index(i))}streaming=true never holds. Use a pretrained tokenizer "
-                        "(e.g. data.tokenizer=openai-community/gpt2), or streaming=false."
-                    )
+        self.path, self.specs = path, _source_specs(path, sources, locals())
         self.tokenizer_spec, self.bpe_vocab_size = tokenizer, bpe_vocab_size
         self.seq_len, self.batch_size, self.val_fraction, self.val_batches = seq_len, batch_size, val_fraction, val_batches
         self.num_workers, self.seed, self.cache_dir = num_workers, seed, cache_dir
@@ -112,15 +83,31 @@ class TokenDataModule(pl.LightningDataModule):
         self._tokenizer: Tokenizer | None = None
         self.built_shards = False  # whether this process built any of them (others reused them)
 
+    def _index(self, i: int) -> int | None:
+        return _index(self.path, self.specs, i)
+
     @classmethod
     def check_config(cls, **kwargs) -> None:
-        """The checks that need no file and no network (all of them live in the constructor): the config
-        validation runs them before a run dir exists."""
-        cls(**kwargs)
-
-    def _index(self, i: int) -> int | None:
-        """The source's index in data.sources, or None for the single data.path source (for messages)."""
-        return i if len(self.specs) > 1 or self.path is None else None
+        """The data section's values, checked in one place: by the constructor, and by the config
+        validation (trainer.config.validate) before any process starts."""
+        a = with_defaults(cls, kwargs)
+        check_tokenizer_args(a["tokenizer"], a["bpe_vocab_size"])
+        require(a["seq_len"] >= 1, "seq_len", a["seq_len"], "a positive number of tokens")
+        require(a["batch_size"] >= 1, "batch_size", a["batch_size"], "a positive number of sequences")
+        require(0.0 < a["val_fraction"] < 1.0, "val_fraction", a["val_fraction"], "a fraction strictly between 0 and 1")
+        require(a["val_batches"] >= 1, "val_batches", a["val_batches"], "at least 1 (disable validation in the trainer)")
+        require(a["num_workers"] >= 0, "num_workers", a["num_workers"], "0 (load in the main process) or more")
+        require(a["num_proc"] >= 1, "num_proc", a["num_proc"], "at least 1")
+        require(a["batch_delay_s"] >= 0, "batch_delay_s", a["batch_delay_s"], "0 or more seconds")
+        specs = _source_specs(a["path"], a["sources"], a)
+        if a["tokenizer"] == "bpe":
+            for i, spec in enumerate(specs):
+                if spec.streaming:
+                    raise UserError(
+                        f"data.tokenizer=bpe is trained on the whole training split, which "
+                        f"{spec.where(_index(a['path'], specs, i))}streaming=true never holds. Use a pretrained "
+                        "tokenizer (e.g. data.tokenizer=openai-community/gpt2), or streaming=false."
+                    )
 
     # --- building -------------------------------------------------------------------------------
 
@@ -367,6 +354,24 @@ def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
-def _require(ok: bool, key: str, value, what: str) -> None:
-    if not ok:
-        raise UserError(f"data.{key}={value!r} is invalid: it must be {what}.")
+
+def _source_specs(path, sources, a: dict) -> list[SourceSpec]:
+    """The sources the data keys name: data.path alone, or the data.sources mixture (checked)."""
+    common = {k: a[k] for k in ("name", "split", "text_field", "file_glob", "streaming", "max_tokens")}
+    sources = _plain(sources)
+    if sources:
+        if path is not None:
+            raise UserError(
+                f"data.path={path!r} and data.sources are both set: a mixture takes its paths from data.sources. "
+                "Set data.path=null (or use data=mixture)."
+            )
+        return source_specs(sources, common)
+    if path is None:
+        raise UserError("data.path is null and data.sources is empty: set data.path (a file, directory or dataset "
+                        "name) or data.sources=[{path: A, weight: 0.7}, {path: B, weight: 0.3}].")
+    return [check_spec(SourceSpec(path=str(path), **common))]
+
+
+def _index(path, specs: list[SourceSpec], i: int) -> int | None:
+    """The source's index in data.sources, or None for the single data.path source (for messages)."""
+    return i if len(specs) > 1 or path is None else None

@@ -11,10 +11,51 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from trainer.config import StrategyConfig
+
 # Lightning sets this from Trainer(accumulate_grad_batches=...) and refuses it in the config.
 _SET_BY_LIGHTNING = ("gradient_accumulation_steps",)
 # Restored by Lightning's LR scheduler and by DeepSpeed's own state: not put back after a universal load.
 _RESTORED_ELSEWHERE = ("params", "lr", "initial_lr", "step")
+
+
+def deepspeed_json(s: StrategyConfig, *, micro_batch_size: int, accumulate: int, gradient_clip: float,
+                   precision: str) -> dict[str, Any]:
+    """The DeepSpeed config generated from the typed strategy fields, with `strategy.deepspeed_config`
+    merged on top (the raw escape hatch). Gradient clipping happens inside the engine, from here."""
+    zero: dict[str, Any] = {
+        "stage": s.zero_stage,
+        "overlap_comm": s.overlap_comm,
+        "contiguous_gradients": s.contiguous_gradients,
+        "reduce_bucket_size": s.reduce_bucket_size,
+        "allgather_bucket_size": s.allgather_bucket_size,
+    }
+    if s.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = s.stage3_prefetch_bucket_size
+        zero["stage3_param_persistence_threshold"] = s.stage3_param_persistence_threshold
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    if s.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if s.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": accumulate,
+        "gradient_clipping": gradient_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision.startswith("bf16")},
+        "fp16": {"enabled": precision.startswith("16")},
+        "zero_allow_untested_optimizer": True,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(cfg, dict(s.deepspeed_config))
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def make_deepspeed_strategy(config: dict[str, Any], *, on_gpu: bool, timeout: timedelta, backend: str):

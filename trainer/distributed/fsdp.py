@@ -50,17 +50,6 @@ def _cpu_strategy_class():
     return CPUFSDPStrategy
 
 
-def fsdp_grad_clip_callback(max_norm: float):
-    """Gradient clipping by global norm for FSDP.
-
-    Lightning's FSDP precision plugin refuses norm clipping; FSDP's own `clip_grad_norm_`
-    computes the norm over all shards. Runs where Lightning would clip: after the (last)
-    backward of a step, before the optimizer step.
-    """
-    import pytorch_lightning as pl
-
-    class FSDPGradClip(pl.Callback):
-        def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module, optimizer) -> None:
-            trainer.strategy.model.clip_grad_norm_(max_norm)
-
-    return FSDPGradClip()
+def fsdp_global_norm(trainer, pl_module, max_norm: float) -> None:
+    """Global-norm clipping over all of FSDP's shards (FSDP's own clip_grad_norm_ reduces the norm)."""
+    trainer.strategy.model.clip_grad_norm_(max_norm)

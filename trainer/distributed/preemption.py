@@ -8,10 +8,15 @@ all ranks save a checkpoint together and exit with the requeue code.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 log = logging.getLogger("trainer")
+
+# The exit code after a preemption checkpoint: launchers and batch scripts requeue on it.
+REQUEUE_EXIT = 124
 
 
 class PreemptionFlag:
@@ -69,3 +74,18 @@ def keep_handlers_callback(flag: PreemptionFlag):
             flag.install()
 
     return KeepPreemptionHandlers()
+
+
+def leave_requeue_marker() -> None:
+    """Tell the batch script this job wants a requeue, in a file (every rank, before any exits).
+
+    srun --kill-on-bad-exit kills the other tasks as soon as the first one exits 124, often while they
+    are still exiting, and srun then reports the signal, not 124; the marker survives that.
+    """
+    marker = os.environ.get("TRAINER_REQUEUE_MARKER")
+    if marker:
+        try:
+            Path(marker).touch()
+        except OSError as e:
+            log.warning("could not leave the requeue marker %s (%s): the batch script relies on exit code %d",
+                        marker, e, REQUEUE_EXIT)

@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.distributed.preemption import REQUEUE_EXIT
+from trainer.tracking.run_dir import RunDir
+
 # torchrun forwards these to its workers (its --signals-to-handle, read from PET_SIGNALS_TO_HANDLE).
 # SIGUSR1 (SLURM's warning signal) is added to torch's default list: without it, USR1 sent to this
 # launcher killed torchrun outright (its default action) and orphaned the workers, with no checkpoint.
@@ -42,8 +45,6 @@ def relaunch_local(frozen_config: Path, nproc: int, run_id: str) -> int:
         for s, h in previous.items():
             signal.signal(s, h)
     if code != 0 and ended_preempted(frozen_config.parent, since=started):
-        from trainer.fit import REQUEUE_EXIT
-
         return REQUEUE_EXIT
     return code
 
@@ -54,7 +55,7 @@ def ended_preempted(run_dir: Path, since: float) -> bool:
     torchrun reports any non-zero worker exit (the ranks exit REQUEUE_EXIT after a preemption
     checkpoint) as a failure, exit 1; the ranks' own account is rank 0's manifest summary.
     """
-    path = run_dir / "manifest.json"
+    path = RunDir(run_dir).manifest
     try:
         if path.stat().st_mtime < since:
             return False  # written by an earlier session

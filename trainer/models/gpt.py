@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer import ops
+from trainer.errors import UserError
 
 
 @dataclass
@@ -32,6 +33,20 @@ class GPTConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     fused_loss: bool = False  # linear + cross-entropy without materialising all logits
+
+    def __post_init__(self) -> None:
+        """The shape rules (checked when the config is validated, before anything is built)."""
+        for key in ("d_model", "n_heads", "n_layers", "seq_len"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) <= 0:
+                raise UserError(f"model.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise UserError(f"model.vocab_size must be positive (or null: from the tokenizer), got {self.vocab_size}")
+        if self.d_model % self.n_heads:
+            divisors = [k for k in range(1, min(self.d_model, 64) + 1) if self.d_model % k == 0]
+            raise UserError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}: "
+                            f"pick n_heads from {divisors}")
+        if self.head_dim % 2:
+            raise UserError(f"head size model.d_model/model.n_heads={self.head_dim} must be even for rotary embeddings")
 
     @property
     def padded_vocab_size(self) -> int:

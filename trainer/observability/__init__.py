@@ -1,15 +1,13 @@
-"""Always-on performance observability: step phases, throughput/MFU, NVML, stragglers, verdict.
+"""Always-on performance observability: step phases, throughput/MFU, NVML, stragglers, verdict, report.
 
-`ObservabilityConfig` is light (the config schema imports it before torch is loaded);
-`PerfMonitor` and the other callbacks import torch and Lightning, so they load on first use.
+Its settings are trainer.config's `ObservabilityConfig`. `PerfMonitor` and the other callbacks
+import torch and Lightning, so they load on first use.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from trainer.observability.config import ObservabilityConfig
-
-__all__ = ["ObservabilityConfig", "PerfMonitor", "StragglerDelay", "StepWindowProfiler"]
+__all__ = ["PerfMonitor", "StragglerDelay", "StepWindowProfiler"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,11 +1,11 @@
 """PerfMonitor: the always-on performance callback.
 
 Per rank: step-phase times (timing.py), throughput and MFU, peak memory, written to
-<run_dir>/perf/rank<k>.jsonl. Per node (local rank 0): NVML + psutil samples in a background
-thread (sampler.py) to <run_dir>/perf/sys_<host>.jsonl. Every `straggler_every_n_steps` the
+<perf_dir>/rank<k>.jsonl. Per node (local rank 0): NVML + psutil samples in a background
+thread (sampler.py) to <perf_dir>/sys_<host>.jsonl. Every `straggler_every_n_steps` the
 ranks all-gather one small vector of their window statistics; rank 0 names stragglers, and at
 `verdict_every_n_steps` and at the end decides the bottleneck (verdict.py), logs everything
-to the run's loggers on the loss's step axis, and writes <run_dir>/perf/verdict.json.
+to the run's loggers on the loss's step axis, and writes <perf_dir>/verdict.json.
 
 Cost: a few host-clock reads (or CUDA event records, read lazily) per batch, one buffered
 JSON line per batch, and a tiny collective every N steps.
@@ -25,9 +25,11 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
+from trainer.config import ObservabilityConfig
+from trainer.config.validate import validate_observability
 from trainer.errors import UserError
 from trainer.observability.comm import install_ddp_timing_hook
-from trainer.observability.config import ObservabilityConfig, check_observability_config
+from trainer.observability.layout import PerfFiles
 from trainer.observability.flops import measure_train_flops_per_sample, mfu
 from trainer.observability.nvml import THROTTLE_REASONS
 from trainer.observability.peaks import Peak, compute_dtype, peak_for, tf32_matmuls_enabled
@@ -49,7 +51,7 @@ NAN = float("nan")
 class PerfMonitor(pl.Callback):
     """Always-on step timing, throughput/MFU, NVML sampling, stragglers and the bottleneck verdict.
 
-    run_dir: the run directory (None: keep everything in memory and the loggers only).
+    perf_dir: the run's perf/ folder (None: keep everything in memory and the loggers only).
     flops_per_token: training FLOPs per token from the architecture (GPT.flops_per_token());
         None: counted once on the first batch with FlopCounterMode (3x forward).
     tokens_per_sample: sequence length for language models; None: samples only.
@@ -57,15 +59,15 @@ class PerfMonitor(pl.Callback):
     **observability: ObservabilityConfig fields (nvml_interval_s, straggler_every_n_steps, …).
     """
 
-    def __init__(self, run_dir: Optional[Path | str] = None, flops_per_token: Optional[float] = None,
+    def __init__(self, perf_dir: Optional[Path | str] = None, flops_per_token: Optional[float] = None,
                  tokens_per_sample: Optional[int] = None, log_every_n_steps: int = 10, **observability: Any):
         names = {f.name for f in dataclasses.fields(ObservabilityConfig)}
         unknown = sorted(set(observability) - names)
         if unknown:
             raise UserError(f"unknown observability key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
         self.cfg = ObservabilityConfig(**observability)
-        check_observability_config(self.cfg)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        validate_observability(self.cfg)
+        self.files = PerfFiles(Path(perf_dir)) if perf_dir is not None else None
         self.flops_per_token = flops_per_token
         self.tokens_per_sample = tokens_per_sample
         self.log_every_n_steps = max(1, int(log_every_n_steps))
@@ -99,11 +101,11 @@ class PerfMonitor(pl.Callback):
         on_cuda = self._device.type == "cuda"
         clock = CudaClock(self._device) if on_cuda else HostClock()
         self.timer = StepTimer(clock)
-        perf_dir = self.run_dir / "perf" if self.run_dir is not None else None
-        if perf_dir is not None:
-            perf_dir.mkdir(parents=True, exist_ok=True)
+        files = self.files
+        if files is not None:
+            files.dir.mkdir(parents=True, exist_ok=True)
         if trainer.local_rank == 0:
-            self.sampler = SystemSampler(perf_dir / f"sys_{self.host}.jsonl" if perf_dir else None,
+            self.sampler = SystemSampler(files.system_samples(self.host) if files else None,
                                          self.cfg.nvml_interval_s, self.host).start()
         if trainer.world_size > 1:
             self.comm_note = install_ddp_timing_hook(trainer.strategy.model, clock, self.timer.comm_bucket) or ""
@@ -118,8 +120,8 @@ class PerfMonitor(pl.Callback):
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self._device)
             self._gpu_index = self._nvml_index()
-        if perf_dir is not None and self.cfg.write_step_records:
-            self._records = open(perf_dir / f"rank{trainer.global_rank}.jsonl", "a", buffering=1 << 16)
+        if files is not None and self.cfg.write_step_records:
+            self._records = open(files.rank_records(trainer.global_rank), "a", buffering=1 << 16)
             self._write(self._records, {
                 "kind": "meta", "rank": trainer.global_rank, "world_size": trainer.world_size, "host": self.host,
                 "node_rank": trainer.node_rank, "local_rank": trainer.local_rank, "device": str(self._device),
@@ -128,8 +130,8 @@ class PerfMonitor(pl.Callback):
                 "flops_per_token": self.flops_per_token, "tokens_per_sample": self.tokens_per_sample,
                 "comm_separated": not self.comm_note, "comm_note": self.comm_note,
             })
-        if perf_dir is not None and trainer.global_rank == 0:
-            self._stragglers_file = open(perf_dir / "stragglers.jsonl", "a", buffering=1)
+        if files is not None and trainer.global_rank == 0:
+            self._stragglers_file = open(files.stragglers, "a", buffering=1)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = getattr(trainer, "train_dataloader", None)
@@ -323,8 +325,8 @@ class PerfMonitor(pl.Callback):
             self.verdicts.append(verdict)
             name = f"straggler rank {verdict.straggler_rank}" if verdict.straggler_rank is not None else verdict.bottleneck
             log.info(f"perf verdict @ step {step}: {name}: {verdict.evidence}")
-        if self.run_dir is not None:
-            write_verdicts(self.run_dir / "perf" / "verdict.json", self.final_verdict, self.verdicts)
+        if self.files is not None:
+            write_verdicts(self.files.verdict, self.final_verdict, self.verdicts)
         return verdict
 
     def _node_name(self, node_rank: int, own_node_rank: int) -> str:

@@ -1,6 +1,6 @@
 """`profiler=torch`: a torch.profiler trace of a chosen window of training steps.
 
-Writes <run_dir>/profiler/trace_rank<k>.json (Chrome trace: open in chrome://tracing or
+Writes <out_dir>/trace_rank<k>.json (Chrome trace: open in chrome://tracing or
 https://ui.perfetto.dev) and top_kernels_rank<k>.txt (the ops/kernels with the most self time).
 Profiling costs a lot while active, so it covers only `num_steps` optimizer steps.
 """
@@ -17,13 +17,14 @@ log = logging.getLogger("trainer.perf")
 
 
 class StepWindowProfiler(pl.Callback):
-    def __init__(self, run_dir: Path | str, start_step: int = 10, num_steps: int = 3, record_shapes: bool = False,
-                 profile_memory: bool = False, with_stack: bool = False, row_limit: int = 25):
+    def __init__(self, out_dir: Path | str, *, start_step: int, num_steps: int, record_shapes: bool,
+                 profile_memory: bool, with_stack: bool, row_limit: int):
+        """out_dir: the run's profiler/ folder; the settings are the `profiler` section (schema: ProfilerConfig)."""
         from trainer.errors import UserError
 
         if start_step < 1 or num_steps < 1:
             raise UserError(f"profiler.start_step and profiler.num_steps must be >= 1, got {start_step} and {num_steps}")
-        self.out_dir = Path(run_dir) / "profiler"
+        self.out_dir = Path(out_dir)
         self.start_step, self.num_steps, self.row_limit = int(start_step), int(num_steps), int(row_limit)
         self.options = dict(record_shapes=record_shapes, profile_memory=profile_memory, with_stack=with_stack)
         self._prof: Optional[torch.profiler.profile] = None

@@ -19,7 +19,6 @@ back by throttling also shows low MFU.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -201,12 +200,9 @@ def decide(ev: Evidence, th: Thresholds) -> Verdict:
 
 def write_verdicts(path, final: Optional[Verdict], history: list[Verdict]) -> None:
     """perf/verdict.json: the latest (final) verdict and the interval verdicts before it."""
-    import os
+    from trainer.files import atomic_write_json
 
     latest = final or (history[-1] if history else None)
     doc = {"final": final is not None, "verdict": latest.to_json() if latest else None,
            "headline": latest.headline if latest else None, "history": [v.to_json() for v in history]}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_json(path, doc, sort_keys=False)

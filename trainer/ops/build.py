@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.files import atomic_write_json
+
 EXTENSION = "trainer_kernels"
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 PREBUILT_DIR = Path(__file__).resolve().parent / "_prebuilt"
@@ -201,9 +203,7 @@ def _read_meta(directory: Path) -> dict | None:
 
 def _write_meta(directory: Path, identity: dict, library: Path, seconds: float) -> None:
     meta = {**identity, "library": library.name, "build_seconds": round(seconds, 1)}
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(directory / META_FILE)  # readers never see a half-written file
+    atomic_write_json(directory / META_FILE, meta)  # readers never see a half-written file
 
 
 def _matching_prebuilt(with_cuda: bool) -> Path | None:

@@ -13,10 +13,9 @@ from rich.table import Table
 console = Console(stderr=False, highlight=False)
 
 
-def setup_logging(run_dir: Path, rank: int) -> None:
-    """Rank 0 logs INFO to the console; every rank logs to <run_dir>/logs/rank<k>.log and
-    sends warnings and errors to the console, so failures on any rank are seen."""
-    logs = run_dir / "logs"
+def setup_logging(logs: Path, rank: int) -> None:
+    """Rank 0 logs INFO to the console; every rank logs to <logs>/rank<k>.log (the run dir's logs/)
+    and sends warnings and errors to the console, so failures on any rank are seen."""
     logs.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -73,7 +72,8 @@ def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int
     return [StepProgressBar(refresh_rate=redraws_per_s, leave=True)]
 
 
-def print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, precision, kernel_mode, resume) -> None:
+def print_start(run_dir: Path, run_id: str, run_name: str, strategy: str, net, datamodule, world: int, global_batch: int,
+                precision: str, kernel_mode: str, resume) -> None:
     n_params = sum(p.numel() for p in net.parameters())
     stats = {}
     if hasattr(datamodule, "corpus_stats"):
@@ -81,10 +81,10 @@ def print_start(run_dir, run_id, cfg, net, datamodule, world, global_batch, prec
             stats = datamodule.corpus_stats()
         except Exception:  # noqa: BLE001
             stats = {}
-    console.print(f"[bold]run[/bold] {cfg.run.name}/{run_id}  dir: {run_dir}")
+    console.print(f"[bold]run[/bold] {run_name}/{run_id}  dir: {run_dir}")
     line = (
         f"model {type(net).__name__} {n_params / 1e6:.2f}M params | world {world} | global batch {global_batch}"
-        f" | precision {precision} | strategy {cfg.strategy.name} | kernels {kernel_mode}"
+        f" | precision {precision} | strategy {strategy} | kernels {kernel_mode}"
     )
     console.print(line)
     if stats:

@@ -17,8 +17,9 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from trainer.tracking.run_dir import RunDir
+
 log = logging.getLogger(__name__)
-WANDB_ID_FILE = "wandb_id.txt"
 
 
 def wandb_has_key() -> bool:
@@ -33,7 +34,7 @@ def wandb_has_key() -> bool:
 
 def wandb_run_id(run_dir: Path) -> str:
     """The W&B id for this run dir, created once and reused by every restart."""
-    path = run_dir / WANDB_ID_FILE
+    path = RunDir(run_dir).wandb_id
     if path.exists():
         return path.read_text().strip()
     rid = secrets.token_hex(4)
@@ -63,7 +64,8 @@ def build_loggers(
     loggers: list[Logger] = []
     if csv:
         # version="" keeps metrics.csv directly under <run_dir>/csv/ across restarts.
-        loggers.append(_resumable_csv_logger(save_dir=str(run_dir), name="csv", version=""))
+        csv_dir = RunDir(run_dir).csv
+        loggers.append(_resumable_csv_logger(save_dir=str(csv_dir.parent), name=csv_dir.name, version=""))
     mode = resolve_wandb_mode(wandb_mode)
     if wandb and mode != "disabled":
         wb = _make_wandb(run_dir, run_name=run_name, mode=mode, project=project, entity=entity, tags=tags, config=config)
@@ -164,7 +166,7 @@ def _wandb_settings():
 
 
 def wandb_sync_hint(run_dir: Path) -> str | None:
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    runs = sorted(RunDir(run_dir).wandb.glob("offline-run-*"))
     if not runs:
         return None
     return f"wandb sync {runs[-1]}"

@@ -12,6 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from trainer.files import atomic_write_json
+from trainer.tracking.run_dir import RunDir
+
 PACKAGES = ("torch", "pytorch-lightning", "hydra-core", "omegaconf", "deepspeed", "wandb", "datasets",
             "tokenizers", "numpy", "nvidia-ml-py", "safetensors")
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
@@ -84,14 +87,12 @@ def build_manifest(*, run_id: str, run_dir: Path, seed: int, argv: list[str], ex
     }
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_json(RunDir(run_dir).manifest, manifest)
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> None:
-    path = run_dir / "manifest.json"
+    path = RunDir(run_dir).manifest
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(fields)
-    write_json(path, data)
+    atomic_write_json(path, data)

@@ -1,22 +1,103 @@
-"""Where a run lives: a stable directory keyed on the run name and id, and its frozen config.
+"""Where a run lives: `RunDir`, the one owner of every file and folder name in a run directory;
+how the directory is chosen; and its frozen config.
 
 The id comes from (in order) run.id, the launcher's job id (SLURM job [+ array task],
 torchrun's rendezvous id), or a fresh timestamp. A requeued or restarted job therefore
 lands in the same directory and finds its checkpoints.
+
+Components own the layout *inside* their folder (checkpoint/store.py inside checkpoints/,
+observability/layout.py inside perf/); they are handed the folder, never the run dir's names.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import UserError
+from trainer.files import atomic_write_text
 
-FROZEN_CONFIG = "config.yaml"
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory's layout. `RunDir(path).checkpoints` etc.; nothing else spells these names."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:  # the frozen, resolved config every rank and restart starts from
+        return self.path / "config.yaml"
+
+    def older_config(self, n: int) -> Path:  # an earlier, different frozen config, kept on change
+        return self.path / f"config.{n}.yaml"
+
+    @property
+    def manifest(self) -> Path:  # reproducibility manifest (tracking/manifest.py)
+        return self.path / "manifest.json"
+
+    @property
+    def model_spec(self) -> Path:  # the model's _target_ and resolved kwargs: what export/generate rebuild
+        return self.path / "model.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def perf(self) -> Path:  # observability records, system samples, verdicts
+        return self.path / "perf"
+
+    @property
+    def logs(self) -> Path:  # rank<k>.log, NCCL flight-recorder traces
+        return self.path / "logs"
+
+    @property
+    def csv(self) -> Path:  # the CSV logger's folder (metrics.csv inside)
+        return self.path / "csv"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.csv / "metrics.csv"
+
+    @property
+    def wandb(self) -> Path:  # W&B's own files (offline-run-*, run-*)
+        return self.path / "wandb"
+
+    @property
+    def wandb_id(self) -> Path:  # the W&B run id every restart continues
+        return self.path / "wandb_id.txt"
+
+    @property
+    def profiler(self) -> Path:  # torch.profiler traces and top-kernel tables
+        return self.path / "profiler"
+
+    @property
+    def report(self) -> Path:  # python -m trainer.report
+        return self.path / "report"
+
+    @property
+    def export(self) -> Path:  # python -m trainer.export
+        return self.path / "export"
+
+    @property
+    def eval(self) -> Path:  # python -m trainer.evaluate: <name>.json per evaluation
+        return self.path / "eval"
+
+    @property
+    def tokenizer(self) -> Path:  # the tokenizer's files (save_pretrained), for export and evaluation
+        return self.path / "tokenizer"
+
+    @property
+    def deepspeed_config(self) -> Path:  # the generated DeepSpeed JSON, as the run used it
+        return self.path / "deepspeed_config.json"
+
+    def is_run_dir(self) -> bool:
+        return self.config.is_file()
 
 
 def launcher_run_id(env: Mapping[str, str] = os.environ) -> str | None:
@@ -64,20 +145,18 @@ def ensure_writable(path: Path) -> None:
 
 def freeze_config(cfg: DictConfig, run_dir: Path) -> Path:
     """Write the fully resolved config; an older, different one is kept as config.<n>.yaml."""
-    path = run_dir / FROZEN_CONFIG
+    rd = RunDir(run_dir)
+    path = rd.config
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if path.exists():
         old = path.read_text()
         if old == text:
             return path
         n = 1
-        while (run_dir / f"config.{n}.yaml").exists():
+        while rd.older_config(n).exists():
             n += 1
-        path.rename(run_dir / f"config.{n}.yaml")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+        path.rename(rd.older_config(n))
+    return atomic_write_text(path, text)
 
 
 def load_frozen(path: Path) -> DictConfig:

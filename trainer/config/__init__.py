@@ -1,0 +1,28 @@
+"""The run configuration: schema (schema.py), composition (compose.py), validation (validate.py).
+
+Imports nothing of the project but `trainer.errors`; every layer above may use it.
+"""
+from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose_config, explain_hydra_error, group_options, normalize_overrides, schema_keys
+from trainer.config.schema import (
+    DATA_DERIVED,
+    CheckpointConfig,
+    DebugConfig,
+    LauncherConfig,
+    LoggerConfig,
+    ObservabilityConfig,
+    OptimConfig,
+    PathsConfig,
+    ProfilerConfig,
+    RunConfig,
+    StrategyConfig,
+    TrainConfig,
+    TrainerConfig,
+)
+from trainer.config.validate import check_target, import_target, signature_params, validate, validate_launcher
+
+__all__ = [
+    "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DebugConfig", "LauncherConfig", "LoggerConfig",
+    "ObservabilityConfig", "OptimConfig", "PathsConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
+    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "explain_hydra_error", "group_options",
+    "import_target", "normalize_overrides", "schema_keys", "signature_params", "validate", "validate_launcher",
+]

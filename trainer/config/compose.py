@@ -1,0 +1,227 @@
+"""Composition: configs/train.yaml + groups + command-line overrides, through Hydra, into one
+validated config; and Hydra's errors turned into one sentence naming the key and the fix.
+
+Errors are explained from the exceptions' own attributes (the missing group option and its
+choices, the full key, the parse failure), never from their message text.
+"""
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from trainer.config.schema import TrainConfig, register_schema
+from trainer.config.validate import TARGET_SECTIONS, import_target, signature_params, validate
+from trainer.errors import UserError, closest
+
+CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+
+register_schema()
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose configs/<config_name>.yaml with overrides (no Hydra app, no output dir) and validate.
+
+    Constructor arguments of a `_target_` section may be set without `+` (see normalize_overrides).
+    Errors come back as UserError with the offending key and the closest valid choices.
+    """
+    overrides = normalize_overrides(overrides, config_name)
+    try:
+        cfg = _compose(overrides, config_name)
+    except Exception as e:  # Hydra/OmegaConf raise many types; all mean "bad config"
+        raise explain_hydra_error(e, overrides) from None
+    complete_target_sections(cfg)
+    validate(cfg)
+    return cfg
+
+
+def complete_target_sections(cfg: DictConfig) -> None:
+    """Fill each `_target_` section with the target's defaults for the keys its YAML leaves out.
+
+    The target's signature (or config_class) is the schema of its section and holds the defaults
+    once; filled in, the frozen config shows every value a run used, and `${model.seq_len}` resolves.
+    """
+    from omegaconf import open_dict
+
+    for section in TARGET_SECTIONS:
+        node = cfg.get(section)
+        if node is None or "_target_" not in node:
+            continue
+        defaults = target_defaults(import_target(section, node._target_))
+        with open_dict(node):
+            for key, value in defaults.items():
+                if key not in node.keys():  # `in node` is False for a `???` key, which must stay missing
+                    node[key] = value
+
+
+def _compose(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def normalize_overrides(overrides: Sequence[str], config_name: str = "train") -> list[str]:
+    """Let `data.text_field=x` set any constructor argument of a `_target_` section.
+
+    A YAML option file lists only what differs from the target's defaults, so Hydra (struct mode)
+    would demand `+data.text_field=x` for the others. An override of a key the target's signature
+    accepts is rewritten to `++key=value` (add or override); anything else is left for Hydra to
+    refuse, with the target's real keys as suggestions.
+    """
+    out = list(overrides)
+    for _ in range(len(out)):
+        try:
+            _compose([o for o in out if not _is_sweep(o)], config_name)  # a -m sweep's values compose one at a time
+            return out
+        except Exception as e:  # noqa: BLE001 - only a target section's unknown key is handled here
+            key = _unknown_key(e)
+        section, _, leaf = (key or "").partition(".")
+        if section not in TARGET_SECTIONS or not leaf or "." in leaf:
+            return out
+        at = next((i for i, o in enumerate(out) if o.split("=", 1)[0] == key), None)
+        if at is None:
+            return out
+        params = target_params(section, out[:at] + out[at + 1:], config_name)
+        if params is not None and leaf not in params:
+            return out
+        out[at] = "++" + out[at]
+    for at, o in enumerate(out):  # sweep overrides of constructor arguments the YAML leaves out
+        key = o.split("=", 1)[0]
+        section, _, leaf = key.partition(".")
+        if _is_sweep(o) and section in TARGET_SECTIONS and leaf and "." not in leaf:
+            params = target_params(section, out, config_name)
+            if (params is None or leaf in params) and not _has_key(out, key, config_name):
+                out[at] = "++" + o
+    return out
+
+
+def _is_sweep(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except Exception:  # noqa: BLE001 - not parseable: Hydra reports it later
+        return False
+
+
+def _has_key(overrides: Sequence[str], key: str, config_name: str) -> bool:
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = _compose([o for o in overrides if not _is_sweep(o)], config_name)
+    except Exception:  # noqa: BLE001
+        return True
+    return OmegaConf.select(cfg, key, default="__missing__") != "__missing__"
+
+
+_PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
+
+
+def target_defaults(target: Any) -> dict[str, Any]:
+    """{argument: default} for a target's arguments that have a plain default (none for **kwargs)."""
+    import inspect
+    from dataclasses import MISSING
+
+    cfg_cls = getattr(target, "config_class", None)
+    out: dict[str, Any] = {}
+    if cfg_cls is not None and is_dataclass(cfg_cls):
+        for f in fields(cfg_cls):
+            value = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else MISSING)
+            if value is not MISSING and isinstance(value, _PLAIN):
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+    fn = target.__init__ if inspect.isclass(target) else target
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in ("self", "net", "model") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        if isinstance(p.default, _PLAIN):
+            out[name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    return out
+
+
+def target_params(section: str, overrides: Sequence[str], config_name: str = "train") -> list[str] | None:
+    """Constructor keys of a `_target_` section as composed from these overrides (None: **kwargs).
+
+    Only the overrides that choose the target count: group choices (`data=text`) and `_target_` keys."""
+    choosing = [o for o in overrides if "." not in o.split("=", 1)[0] or o.split("=", 1)[0].endswith("._target_")]
+    try:
+        node = _compose(choosing, config_name).get(section)
+        params = signature_params(import_target(section, node._target_)) if node else None
+    except Exception:  # noqa: BLE001 - this only improves an override or a message
+        return []
+    return sorted(params) if params is not None else None
+
+
+def _chain(e: BaseException | None):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _unknown_key(e: BaseException) -> str | None:
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    for x in _chain(e):
+        if isinstance(x, (ConfigAttributeError, ConfigKeyError)) and getattr(x, "full_key", None):
+            return str(x.full_key)
+    return None
+
+
+def explain_hydra_error(e: Exception, overrides: Sequence[str]) -> UserError:
+    """Turn a Hydra/OmegaConf composition error into one user-facing sentence with a fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    chain = list(_chain(e))
+    for x in chain:
+        missing = getattr(x, "missing_cfg_file", None) if isinstance(x, MissingConfigException) else None
+        if missing and "/" in missing:
+            group, option = missing.rsplit("/", 1)
+            options = list(x.options or group_options(group))
+            return UserError(
+                f"unknown {group} option '{option}'.{closest(option, options)} "
+                f"Available {group} options: {', '.join(options)}."
+            )
+    for x in chain:
+        if isinstance(x, OverrideParseException):
+            return UserError(f"cannot parse the command-line overrides {list(overrides)}: {str(x).strip().splitlines()[0]}")
+    for x in chain:
+        key = getattr(x, "full_key", None)
+        if isinstance(x, (ConfigAttributeError, ConfigKeyError)) and key:
+            parent, _, leaf = str(key).rpartition(".")
+            others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+            valid = schema_keys(parent) or (target_params(parent, others) if parent in TARGET_SECTIONS else []) or []
+            hint = closest(leaf, valid) or (f" Valid keys under '{parent}': {', '.join(valid)}." if valid else "")
+            return UserError(f"unknown config key '{key}'.{hint} (To add a new key on purpose use +{key}=...)")
+        if isinstance(x, ValidationError) and key:
+            return UserError(f"wrong type for '{key}': {str(x).strip().splitlines()[0]}")
+    first = next((str(x).strip().splitlines()[0] for x in chain if str(x).strip()), type(e).__name__)
+    return UserError(f"invalid configuration: {first}")
+
+
+def group_options(group: str) -> list[str]:
+    d = CONFIG_DIR / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def schema_keys(parent: str) -> list[str]:
+    """The keys of a typed section (e.g. 'trainer'), from the schema; [] for open sections."""
+    node: Any = TrainConfig
+    for part in [p for p in parent.split(".") if p]:
+        hints = typing.get_type_hints(node) if is_dataclass(node) else {}
+        node = hints.get(part)
+        if node is None:
+            return []
+        args = [a for a in typing.get_args(node) if is_dataclass(a)]  # Optional[Section]
+        node = args[0] if args else node
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
