@@ -114,3 +114,17 @@ def test_gpt2_experiment_needs_a_data_path(tmp_path):
     proc = cli("trainer.train", "experiment=gpt2_124m", f"paths.runs_dir={tmp_path}")
     assert_user_error(proc, "data.path must be set")
     assert not any(tmp_path.iterdir()), "a rejected config must not create a run dir"
+
+
+def test_prepare_data_builds_the_shards_a_run_with_the_same_overrides_finds(tmp_path, shared_cache):
+    corpus = csv_corpus(tmp_path / "corpus.csv")
+    overrides = [f"data.path={corpus}", "data.text_field=content", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = cli("trainer.prepare_data", *overrides)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stats = json.loads(first.stdout)
+    assert stats["built_here"] and stats["documents"] == 60 and "tokens/s" in first.stderr
+    again = json.loads(cli("trainer.prepare_data", *overrides, "data.batch_size=2").stdout)  # not a data key of the shards
+    assert not again["built_here"] and again["shard_dir"] == stats["shard_dir"]
+    assert not list(tmp_path.glob("runs*")), "preparing writes no run dir"
+    missing = cli("trainer.prepare_data", "experiment=gpt2_124m")
+    assert_user_error(missing, "data.path must be set")

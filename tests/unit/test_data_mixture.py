@@ -153,3 +153,9 @@ def test_micro_batches_of_a_mixture_partition_the_global_batch():
     whole = np.concatenate(micro_batch_indices(9, 12, accumulate=4, world_size=1, rank=0, batch_size=6, num_windows=mix))
     split = np.concatenate([micro_batch_indices(9, 12, 2, 2, r, 6, mix)[a] for a in range(2) for r in range(2)])
     assert np.array_equal(whole, split)
+
+
+def test_check_config_runs_the_constructor_checks_without_touching_files(tmp_path):
+    TokenDataModule.check_config(path=str(tmp_path / "not-there-yet"), tokenizer="openai-community/gpt2")  # no IO
+    with pytest.raises(UserError, match=r"data\.sources\[0\]\.weight=-1 is invalid"):
+        TokenDataModule.check_config(path=None, sources=[{"path": "A", "weight": -1}])

@@ -73,7 +73,7 @@ def complete_target_sections(cfg: DictConfig) -> None:
         defaults = target_defaults(import_target(section, node._target_))
         with open_dict(node):
             for key, value in defaults.items():
-                if key not in node:
+                if key not in node.keys():  # `in node` is False for a `???` key, which must stay missing
                     node[key] = value
 
 

@@ -70,12 +70,13 @@ def document_keys(texts: list[str]) -> np.ndarray:
     return np.frombuffer(b"".join(digests), dtype="<u8")
 
 
-def document_split(docs, val_fraction: float, num_proc: int) -> np.ndarray:
+def document_split(docs, val_fraction: float) -> np.ndarray:
     """Which rows of a `datasets.Dataset` are validation documents (see the module docstring)."""
     n = len(docs)
     if n == 1:
         return np.zeros(1, dtype=bool)
-    keys = docs.map(_document_keys, batched=True, num_proc=_procs(num_proc, n), remove_columns=["text"])
+    # In this process: hashing runs at ~1 GB/s, while starting map workers costs about a second.
+    keys = docs.map(_document_keys, batched=True, remove_columns=["text"])
     return validation_documents(keys.data.column("key").to_numpy(), val_fraction)
 
 
@@ -88,7 +89,7 @@ def train_bpe(out_dir: Path, sources: list[Source], documents: dict[int, object]
             docs = documents.get(i)
             if docs is None:
                 docs = load_documents(source, hf_cache, _index(sources, i))
-            is_val = document_split(docs, val_fraction, num_proc)
+            is_val = document_split(docs, val_fraction)
             yield from _texts(docs.select(np.flatnonzero(~is_val)) if len(docs) > 1 else docs)
 
     with quiet_datasets():
@@ -151,7 +152,7 @@ def _write_dataset(writer: ShardWriter, source: Source, documents, tokenizer: To
         n = len(docs)
         if n == 0:
             raise _empty_corpus(source, index)
-        is_val = document_split(docs, val_fraction, num_proc)
+        is_val = document_split(docs, val_fraction)
         procs = _procs(num_proc, n)
         progress.start(total=n, processes=procs or 1)
         encoded = docs.map(

@@ -3,12 +3,13 @@
 Layout of `<cache root>/<fingerprint>/`: train.bin and val.bin (flat token ids, dtype in the
 meta), meta.json (counts, dtype, tokenizer, split, unigram entropy), unigram.npy (training
 token counts per id) and tokenizer/ (the tokenizer that produced the ids, as
-`save_pretrained` writes it). A trained BPE has its own entry, `bpe-<fingerprint>/`. The directory is built under a temporary name and renamed into place while
-holding a file lock: a process that finds meta.json finds a complete shard set, and processes
+`save_pretrained` writes it). A trained BPE has its own entry, `bpe-<fingerprint>/`. The
+directory is built under a temporary name and renamed into place while holding a file lock: a process that finds meta.json finds a complete shard set, and processes
 that arrive during a build wait on the lock, then reuse what was built.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,11 +22,11 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from trainer.errors import UserError
-from trainer.files import atomic_write_json, fsync_path
+from trainer.files import atomic_write_bytes, atomic_write_json, fsync_path
 
 META = "meta.json"
 UNIGRAM = "unigram.npy"  # training-token counts per id
-TOKENIZER_DIR = "tokenizer"  # the tokenizer's save_pretrained files
+TOKENIZER_DIR = "tokenizer"  # the tokenizer that wrote the ids, as save_pretrained writes it
 SPLITS = ("train", "val")
 LOCK_TIMEOUT_S = 3 * 3600  # a slow build of a big corpus is still a build; a dead builder releases the lock
 
@@ -145,12 +146,13 @@ class ShardWriter:
             self.unigram += np.bincount(tokens, minlength=len(self.unigram))[: len(self.unigram)]
 
     def close(self) -> None:
-        for f in self.files.values():
+        for split, f in self.files.items():
             if not f.closed:
-                f.flush()
-                os.fsync(f.fileno())
                 f.close()
-        np.save(self.dir / UNIGRAM, self.unigram)
+                fsync_path(self.dir / f"{split}.bin")
+        buffer = io.BytesIO()
+        np.save(buffer, self.unigram)
+        atomic_write_bytes(self.dir / UNIGRAM, buffer.getvalue())
 
     def __enter__(self) -> "ShardWriter":
         return self

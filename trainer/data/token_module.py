@@ -75,30 +75,7 @@ class TokenDataModule(pl.LightningDataModule):
     ):
         self.check_config(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
-        common = dict(name=name, split=split, text_field=text_field, file_glob=file_glob, streaming=streaming,
-                      max_tokens=max_tokens)
-        sources = _plain(sources)
-        self.path = path
-        if sources:
-            if path is not None:
-                raise UserError(
-                    f"data.path={path!r} and data.sources are both set: a mixture takes its paths from data.sources. "
-                    "Set data.path=null (or use data=mixture)."
-                )
-            self.specs = source_specs(sources, common)
-        elif path is None:
-            raise UserError("data.path is null and data.sources is empty: set data.path (a file, directory or dataset "
-                            "name) or data.sources=[{path: A, weight: 0.7}, {path: B, weight: 0.3}].")
-        else:
-            self.specs = [check_spec(SourceSpec(path=str(path), **common))]
-        if tokenizer == "bpe":
-            for i, spec in enumerate(self.specs):
-                if spec.streaming:
-                    raise UserError(
-                        f"data.tokenizer=bpe is trained on the whole training split, which "
-                        f"{spec.where(self._index(i))}streaming=true never holds. Use a pretrained tokenizer "
-                        "(e.g. data.tokenizer=openai-community/gpt2), or streaming=false."
-                    )
+        self.path, self.specs = path, _source_specs(path, sources, locals())
         self.tokenizer_spec, self.bpe_vocab_size = tokenizer, bpe_vocab_size
         self.seq_len, self.batch_size, self.val_fraction, self.val_batches = seq_len, batch_size, val_fraction, val_batches
         self.num_workers, self.seed, self.cache_dir = num_workers, seed, cache_dir
@@ -109,8 +86,7 @@ class TokenDataModule(pl.LightningDataModule):
         self.built_shards = False  # whether this process built any of them (others reused them)
 
     def _index(self, i: int) -> int | None:
-        """The source's index in data.sources, or None for the single data.path source (for messages)."""
-        return i if len(self.specs) > 1 or self.path is None else None
+        return _index(self.path, self.specs, i)
 
     @classmethod
     def check_config(cls, **kwargs) -> None:
@@ -125,6 +101,15 @@ class TokenDataModule(pl.LightningDataModule):
         require(a["num_workers"] >= 0, "num_workers", a["num_workers"], "0 (load in the main process) or more")
         require(a["num_proc"] >= 1, "num_proc", a["num_proc"], "at least 1")
         require(a["batch_delay_s"] >= 0, "batch_delay_s", a["batch_delay_s"], "0 or more seconds")
+        specs = _source_specs(a["path"], a["sources"], a)
+        if a["tokenizer"] == "bpe":
+            for i, spec in enumerate(specs):
+                if spec.streaming:
+                    raise UserError(
+                        f"data.tokenizer=bpe is trained on the whole training split, which "
+                        f"{spec.where(_index(a['path'], specs, i))}streaming=true never holds. Use a pretrained "
+                        "tokenizer (e.g. data.tokenizer=openai-community/gpt2), or streaming=false."
+                    )
 
     # --- building -------------------------------------------------------------------------------
 
@@ -369,3 +354,26 @@ def _plain(value):
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+
+def _source_specs(path, sources, a: dict) -> list[SourceSpec]:
+    """The sources the data keys name: data.path alone, or the data.sources mixture (checked)."""
+    common = {k: a[k] for k in ("name", "split", "text_field", "file_glob", "streaming", "max_tokens")}
+    sources = _plain(sources)
+    if sources:
+        if path is not None:
+            raise UserError(
+                f"data.path={path!r} and data.sources are both set: a mixture takes its paths from data.sources. "
+                "Set data.path=null (or use data=mixture)."
+            )
+        return source_specs(sources, common)
+    if path is None:
+        raise UserError("data.path is null and data.sources is empty: set data.path (a file, directory or dataset "
+                        "name) or data.sources=[{path: A, weight: 0.7}, {path: B, weight: 0.3}].")
+    return [check_spec(SourceSpec(path=str(path), **common))]
+
+
+def _index(path, specs: list[SourceSpec], i: int) -> int | None:
+    """The source's index in data.sources, or None for the single data.path source (for messages)."""
+    return i if len(specs) > 1 or path is None else None
