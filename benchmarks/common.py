@@ -50,9 +50,18 @@ def machine() -> dict[str, Any]:
         import pytorch_lightning as pl
 
         info["pytorch_lightning"] = pl.__version__
-    with contextlib.suppress(OSError):
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    load = load_avg()
+    if load is not None:
+        info["load_avg_1m"] = load
     return info
+
+
+def load_avg() -> float | None:
+    """The 1-minute load average: on a shared machine, what a figure was measured under (None where unknown)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def describe(info: dict[str, Any]) -> str:

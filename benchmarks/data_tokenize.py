@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import describe, machine, markdown_table, quiet, write_json  # noqa: E402
+from benchmarks.common import describe, load_avg, machine, markdown_table, quiet, write_json  # noqa: E402
 
 GOAL = 0.8
 CORPUS = "stdlib"
@@ -107,19 +107,21 @@ def main() -> None:
         procs = [int(x) for x in args.num_proc.split(",")]
         rounds = []
         for r in range(args.rounds):  # interleaved, so a change in machine load hits every row alike
+            load_at_start = load_avg()
             raw_s, raw_cpu, raw_tokens = raw_encode(tok_dir, texts)
-            row = {"raw": {"seconds": raw_s, "cpu_s": raw_cpu, "tokens": raw_tokens, "tokens_per_s": raw_tokens / raw_s}}
+            row = {"load_avg_1m": load_at_start, "raw": {"seconds": raw_s, "cpu_s": raw_cpu, "tokens": raw_tokens, "tokens_per_s": raw_tokens / raw_s}}
             for n in procs:
                 s, cpu, tokens = shard_build(tok_dir, n, args.glob)
                 assert tokens == raw_tokens, f"the build tokenized {tokens} tokens, raw encoding {raw_tokens}"
                 row[f"num_proc={n}"] = {"seconds": s, "cpu_s": cpu, "tokens": tokens, "tokens_per_s": tokens / s,
                                         "ratio": raw_s / s, "cpu_ratio": raw_cpu / cpu}
             rounds.append(row)
-            print(f"round {r + 1}: raw {raw_s:.2f} s ({raw_cpu:.2f} CPU s); " + "; ".join(
+            print(f"round {r + 1} (load avg {load_at_start}): raw {raw_s:.2f} s ({raw_cpu:.2f} CPU s); " + "; ".join(
                 f"num_proc={n} {row[f'num_proc={n}']['seconds']:.2f} s ({row[f'num_proc={n}']['cpu_s']:.2f} CPU s): "
                 f"{row[f'num_proc={n}']['ratio']:.2f}x wall, {row[f'num_proc={n}']['cpu_ratio']:.2f}x CPU" for n in procs),
                 flush=True)
     tokens = rounds[0]["raw"]["tokens"]
+    info["load_avg_1m_end"] = load_avg()
     table = [["raw tokenizers encode_batch_fast (texts in memory)", f"{statistics.median(r['raw']['seconds'] for r in rounds):.2f}",
               f"{statistics.median(r['raw']['cpu_s'] for r in rounds):.2f}",
               f"{statistics.median(r['raw']['tokens_per_s'] for r in rounds):,.0f}", "1.00", "1.00"]]
@@ -137,7 +139,8 @@ def main() -> None:
                       f"{ratio:.2f}", f"{cpu_ratio:.2f}"])
     goal_met = all(v["median_ratio"] >= GOAL for v in summary_rows.values())
     print(f"\n{describe(info)}; {len(texts)} documents, {mb:.1f} MB, {tokens:,} tokens, BPE {args.vocab}; "
-          f"median of {args.rounds} rounds")
+          f"median of {args.rounds} rounds; load avg at the rounds' starts "
+          f"{', '.join(str(r['load_avg_1m']) for r in rounds)}, at the end {info['load_avg_1m_end']}")
     print(markdown_table(["configuration", "wall (s)", "CPU (s)", "tokens/s (wall)", "ratio vs raw (wall)",
                           "ratio vs raw (CPU)"], table))
     print(f"goal: >= {GOAL}x raw (wall) at every num_proc: {'met' if goal_met else 'MISSED'}; on CPU time: "
