@@ -42,9 +42,18 @@ def hydra_argv(argv: list[str]) -> list[str]:
 
 
 def start_run(cfg: DictConfig, argv: list[str]) -> int:
-    from trainer.prepare import prepare_run, resolved
+    from trainer.prepare import prepare_run
 
     run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
+    try:
+        return _launch(cfg, run)
+    finally:
+        run.release()  # the next point of a -m sweep may start in this process
+
+
+def _launch(cfg: DictConfig, run) -> int:
+    from trainer.prepare import resolved
+
     if run.launcher is None and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         if cfg.trainer.num_nodes > 1:
             raise UserError(

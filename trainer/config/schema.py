@@ -34,6 +34,9 @@ class RunConfig:
     stop_after_steps: Optional[int] = None  # end after this step with a checkpoint, as an interruption would
     resume: bool = True  # resume from the newest valid checkpoint in the run dir
     resume_from: Optional[str] = None  # an explicit checkpoint directory to start from
+    # One job per run dir (tracking/run_lock.py): a lock holder on another host (or container) that has not
+    # refreshed its heartbeat for this long is presumed dead and its lock is taken over.
+    lock_stale_after_s: float = 120.0
 
 
 @dataclass

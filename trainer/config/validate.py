@@ -53,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     positive("checkpoint.keep_last", c.keep_last)
     non_negative("checkpoint.debug_pause_in_save_s", c.debug_pause_in_save_s)
     positive("strategy.timeout_s", s.timeout_s)
+    positive("run.lock_stale_after_s", r.lock_stale_after_s)
     if r.stop_after_steps is not None:
         positive("run.stop_after_steps", r.stop_after_steps)
     if r.id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(r.id)):

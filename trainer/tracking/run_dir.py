@@ -37,6 +37,10 @@ class RunDir:
         return self.path / f"config.{n}.yaml"
 
     @property
+    def lock(self) -> Path:  # who is running in this dir now (tracking/run_lock.py)
+        return self.path / "lock.json"
+
+    @property
     def manifest(self) -> Path:  # reproducibility manifest (tracking/manifest.py)
         return self.path / "manifest.json"
 
