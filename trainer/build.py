@@ -46,6 +46,17 @@ def resolve_device(t: DictConfig) -> Device:
     return Device(on_gpu, precision)
 
 
+def check_local_devices(t: DictConfig) -> None:
+    """Before local ranks start: the GPUs they ask for exist (one clear error, not one per rank)."""
+    device = resolve_device(t)
+    if device.on_gpu:
+        import torch
+
+        if torch.cuda.device_count() < t.devices:
+            raise UserError(f"trainer.devices={t.devices} local ranks need {t.devices} GPUs, this machine has "
+                            f"{torch.cuda.device_count()}: set trainer.devices={torch.cuda.device_count()}")
+
+
 def set_cpu_threads(t: DictConfig, device: Device, local_world_size: int) -> None:
     """CPU runs: split the cores between the local ranks (torch would give each rank all of them)."""
     if not device.on_gpu:

@@ -33,6 +33,15 @@ def precheck(argv: list[str]) -> None:
         compose_config(argv)
 
 
+def with_launcher_section(argv: list[str]) -> list[str]:
+    """`launcher.max_restarts=1` alone (the local ranks' restarts) selects the torchrun launcher section
+    it belongs to; without a section Hydra could not set the key."""
+    keys = [a.split("=")[0].lstrip("+~") for a in argv if "=" in a]
+    if any(k.startswith("launcher.") for k in keys) and "launcher" not in keys:
+        return ["+launcher=torchrun", *argv]
+    return argv
+
+
 def hydra_argv(argv: list[str]) -> list[str]:
     """The arguments as Hydra must see them: a `_target_` section's constructor argument that its
     YAML leaves out gets `++` (trainer.config.normalize_overrides); everything else, in order, as is."""
@@ -42,8 +51,13 @@ def hydra_argv(argv: list[str]) -> list[str]:
 
 
 def start_run(cfg: DictConfig, argv: list[str]) -> int:
+    from trainer.build import check_local_devices
+    from trainer.distributed.env import detect
     from trainer.prepare import prepare_run
 
+    if detect().launcher is None:
+        # Before the run dir is touched, and once rather than in every local rank torchrun would start.
+        check_local_devices(cfg.trainer)
     run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
     try:
         return _launch(cfg, run)
@@ -60,10 +74,12 @@ def _launch(cfg: DictConfig, run) -> int:
                 f"trainer.num_nodes={cfg.trainer.num_nodes} needs a cluster launcher: "
                 "python -m launch.torchrun / launch.slurm / launch.k8s (see README, 'Run on a cluster')"
             )
+        from trainer.config import LauncherConfig
         from trainer.distributed.spawn import relaunch_local
 
         print(f"run dir: {run.dir}", flush=True)
-        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id)
+        max_restarts = (cfg.get("launcher") or LauncherConfig()).max_restarts
+        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id, max_restarts=max_restarts)
     from trainer.fit import run_fit
 
     return run_fit(resolved(cfg), run.dir, run.id)
@@ -92,8 +108,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    precheck(sys.argv[1:])
-    sys.argv = [sys.argv[0], *hydra_argv(sys.argv[1:])]
+    argv = with_launcher_section(sys.argv[1:])
+    precheck(argv)
+    sys.argv = [sys.argv[0], *hydra_argv(argv)]
     _hydra_main()
 
 
