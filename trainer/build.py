@@ -244,6 +244,8 @@ def build_trainer(t: DictConfig, plan: StrategyPlan, device: Device, *, loggers:
                   run_dir: RunDir, launcher: str | None, is_zero: bool):
     import pytorch_lightning as pl
 
+    from trainer.checkpoint.storage import DirectCheckpointIO
+
     return pl.Trainer(
         accelerator=device.accelerator,
         devices=t.devices,
@@ -264,7 +266,7 @@ def build_trainer(t: DictConfig, plan: StrategyPlan, device: Device, *, loggers:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
-        plugins=_cluster_plugins(launcher),
+        plugins=[*_cluster_plugins(launcher), DirectCheckpointIO()],  # checkpoint files written in place
         default_root_dir=str(run_dir.path),
         deterministic=t.deterministic,
     )

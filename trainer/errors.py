@@ -30,6 +30,10 @@ class StorageError(UserError):
 
     exit_code = STORAGE_ERROR_EXIT
 
+    def __init__(self, message: str, *, on_every_rank: bool = False):
+        super().__init__(message)
+        self.on_every_rank = on_every_rank  # every rank raised this same error: rank 0 alone prints it
+
 
 def closest(name: str, options: Iterable[str], n: int = 3) -> str:
     """' Did you mean a, b?' or '' when nothing is close."""
@@ -42,7 +46,8 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if not getattr(e, "on_every_rank", False) or os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():
             # A live gloo/NCCL group can abort the interpreter's teardown (SIGABRT instead of

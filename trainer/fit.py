@@ -30,6 +30,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
 
     from trainer import build, ops
     from trainer.checkpoint.resume import pick_resume_checkpoint
+    from trainer.checkpoint.storage import storage_errors
     from trainer.distributed.env import detect, local_world_size
     from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker
     from trainer.distributed.preflight import preflight_checks
@@ -74,7 +75,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
         update_manifest(rd.path, kernels={"mode": kernel_mode, **ops.kernel_status()}, resumed_from=str(resume.path) if resume else None,
                         data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
-    with _peer_watchdog(cfg.strategy.timeout_s):
+    with _peer_watchdog(cfg.strategy.timeout_s), storage_errors(rd.checkpoints, lambda: checkpointer.storage_error):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)
     wall = time.time() - started
 

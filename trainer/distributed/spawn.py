@@ -29,7 +29,7 @@ FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 def torchrun_command(frozen_config: Path, nproc: int) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "trainer.distributed.local_torchrun",  # torchrun, without its traceback
         "--standalone", f"--nproc_per_node={nproc}", "--max_restarts=0",
         "-m", "trainer.fit", str(frozen_config),
     ]
