@@ -57,6 +57,9 @@ class CheckpointManager(pl.Callback):
             self.save(trainer, step)
         if preempt:
             self.preempt_saved_at = time.time()
+            # Exit right after the save: Lightning validates whenever a callback stops training, which cost
+            # the grace period's seconds and left validation rows at a step the schedule never asked for.
+            trainer.limit_val_batches = 0
         if preempt or at_stop:
             self.stopped_early = "preempted" if preempt else "stop_after_steps"
             trainer.should_stop = True
