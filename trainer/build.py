@@ -183,6 +183,7 @@ def build_checkpointer(cfg: DictConfig, run_dir: RunDir, run_id: str, plan: Stra
         },
         stop_requested=stop_requested,
         debug_pause_in_save_s=c.debug_pause_in_save_s,
+        keep_set_aside=c.keep_set_aside,
     )
 
 

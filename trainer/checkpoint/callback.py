@@ -30,6 +30,7 @@ class CheckpointManager(pl.Callback):
         meta: dict[str, Any] | None = None,
         stop_requested: Callable[[pl.Trainer], bool] | None = None,
         debug_pause_in_save_s: float = 0.0,
+        keep_set_aside: int = 2,
     ):
         self.root = Path(root)
         self.every_n_steps, self.keep_last, self.checksum = every_n_steps, keep_last, checksum
@@ -44,6 +45,7 @@ class CheckpointManager(pl.Callback):
         self.preempt_saved_at: float | None = None
         self.debug_pause_in_save_s = debug_pause_in_save_s
         self.storage_error: StorageError | None = None  # a save storage refused (checkpoint/storage.py)
+        self.keep_set_aside = keep_set_aside
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -101,9 +103,15 @@ class CheckpointManager(pl.Callback):
                 removed = store.prune(self.root, self.keep_last)
                 for p in removed:
                     log.debug("pruned old checkpoint %s", p)
+                self._prune_set_aside(step)
         self.last_saved_step = step
         self.save_seconds.append(time.perf_counter() - t0)
         return final
+
+    def _prune_set_aside(self, step: int) -> None:
+        for p in store.prune_set_aside(self.root, self.keep_set_aside, saving_step=step):
+            log.info("removed %s: set aside, damaged or unfinished (checkpoint.keep_set_aside=%d keeps the most "
+                     "recent for inspection)", p, self.keep_set_aside)
 
     @contextlib.contextmanager
     def _refusals(self, trainer: pl.Trainer, step: int, tmp: Path) -> Iterator[None]:

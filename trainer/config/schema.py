@@ -73,6 +73,10 @@ class OptimConfig:
 class CheckpointConfig:
     every_n_steps: int = 100
     keep_last: int = 3
+    # Checkpoint dirs nothing will load - set aside when a step was saved again (step-N.replaced-<time>), failing
+    # verification, or unfinished (.tmp-step-N) - are kept for inspection, the most recent this many; the rest is
+    # deleted at each save, each named in the log.
+    keep_set_aside: int = 2
     checksum: str = "sha256"  # sha256 | size (size-only verification for very large checkpoints)
     save_final: bool = True
     # Fault injection (tests, drills): sleep this long inside every save, after the state is written and
