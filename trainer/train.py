@@ -25,6 +25,33 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--mult
                 "--config-dir", "-cd", "--version", "--run", "-r", "--experimental-rerun")
 
 
+def refuse_if_run_dir_in_use(argv: list[str]) -> None:
+    """A run dir that another living job holds is refused here, a second after start: before the checks
+    of precheck, which import torch and the model's code (15 s on a loaded machine). prepare_run takes
+    the lock for good later; this only looks."""
+    from trainer.config import compose_unchecked
+    from trainer.distributed.env import detect
+    from trainer.tracking import run_lock
+    from trainer.tracking.run_dir import RunDir, existing_run_dir
+
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv) or detect().rank != 0:
+        return
+    # The model/data/module keys never place a run, and checking them needs their code.
+    placing = [a for a in argv if a.lstrip("+~").split("=")[0].split(".")[0] not in ("model", "data", "module")
+               or "." not in a.split("=")[0]]
+    try:
+        cfg = compose_unchecked(placing)
+        run = cfg.run
+        path = existing_run_dir(run.name, run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id(), run.dir,
+                                cfg.paths.runs_dir)
+        stale_after_s = float(run.lock_stale_after_s)
+    except Exception:  # noqa: BLE001 - a config precheck will explain
+        return
+    if path is not None:
+        with exit_on_user_error():
+            run_lock.check(RunDir(path).lock, job_id=launcher_run_id(), stale_after_s=stale_after_s)
+
+
 def precheck(argv: list[str]) -> None:
     """Compose once before Hydra does, to turn a bad override into one clear message (exit 2)."""
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
@@ -109,6 +136,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     argv = with_launcher_section(sys.argv[1:])
+    refuse_if_run_dir_in_use(argv)
     precheck(argv)
     sys.argv = [sys.argv[0], *hydra_argv(argv)]
     _hydra_main()

@@ -2,7 +2,7 @@
 
 Imports nothing of the project but `trainer.errors`; every layer above may use it.
 """
-from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose_config, explain_hydra_error, group_options, normalize_overrides, schema_keys
+from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose_config, compose_unchecked, explain_hydra_error, group_options, normalize_overrides, schema_keys
 from trainer.config.schema import (
     DATA_DERIVED,
     CheckpointConfig,
@@ -23,6 +23,6 @@ from trainer.config.validate import check_target, import_target, signature_param
 __all__ = [
     "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DebugConfig", "LauncherConfig", "LoggerConfig",
     "ObservabilityConfig", "OptimConfig", "PathsConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
-    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "explain_hydra_error", "group_options",
+    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "compose_unchecked", "explain_hydra_error", "group_options",
     "import_target", "normalize_overrides", "schema_keys", "signature_params", "validate", "validate_launcher",
 ]

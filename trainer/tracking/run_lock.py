@@ -96,17 +96,31 @@ def acquire(path: Path, *, job_id: str | None, stale_after_s: float) -> RunLock:
     """Take the run-dir lock at `path` or raise UserError naming its living holder."""
     me = this_process(job_id)
     with _locked(path) as fd:
-        holder = _parse(_read_fd(fd))
-        if holder is not None:
-            age = time.time() - os.fstat(fd).st_mtime
-            alive, why = _judge(holder, me, age, stale_after_s)
-            if alive:
-                raise UserError(_refusal(path, holder, why))
-            if why:
-                log.warning("run-dir lock %s: taking it over from %s: %s", path, holder.describe(), why)
+        taking_over = _refuse_if_held(path, fd, me, stale_after_s)
+        if taking_over:
+            log.warning("run-dir lock %s: taking it over from %s", path, taking_over)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(asdict(me), indent=1) + "\n").encode(), 0)
     return RunLock(path, me, heartbeat_s=max(0.5, stale_after_s / 8))
+
+
+def check(path: Path, *, job_id: str | None, stale_after_s: float) -> None:
+    """Raise UserError if another living job holds `path` (takes nothing): lets an entry point refuse a
+    second job before its slow imports; `acquire` decides for good."""
+    if path.is_file():
+        with _locked(path) as fd:
+            _refuse_if_held(path, fd, this_process(job_id), stale_after_s)
+
+
+def _refuse_if_held(path: Path, fd: int, me: Holder, stale_after_s: float) -> str:
+    """Raise UserError naming a living holder; else '' (free) or what is being taken over, and why."""
+    holder = _parse(_read_fd(fd))
+    if holder is None:
+        return ""
+    alive, why = _judge(holder, me, time.time() - os.fstat(fd).st_mtime, stale_after_s)
+    if alive:
+        raise UserError(_refusal(path, holder, why))
+    return f"{holder.describe()}: {why}" if why else ""
 
 
 def _judge(holder: Holder, me: Holder, age_s: float, stale_after_s: float) -> tuple[bool, str]:
