@@ -14,9 +14,10 @@ from trainer.distributed.preemption import REQUEUE_EXIT
 from trainer.errors import STORAGE_ERROR_EXIT, USER_ERROR_EXIT
 from trainer.tracking.run_dir import RunDir
 
-# The self-launched ranks kept failing (died, crashed) after launcher.max_restarts restarts. 75 is EX_TEMPFAIL:
-# a wrapper may requeue on it (on other nodes, say), unlike 2 (fix the config) or 74 (free storage).
-RANKS_FAILED_EXIT = 75
+# The self-launched ranks kept failing (crashed, or were killed) after launcher.max_restarts restarts: their
+# logs say why. 70 is EX_SOFTWARE; distinct from 2 (fix the config), 74 (free storage), 75 (a node cut off)
+# and 124 (preempted: requeue).
+RANKS_FAILED_EXIT = 70
 # Clean exits of a rank that a restart would only repeat.
 NO_RESTART_EXITS = (USER_ERROR_EXIT, STORAGE_ERROR_EXIT)
 EXIT_RECORDS_ENV = "TRAINER_EXIT_RECORDS"
