@@ -36,11 +36,8 @@ def refuse_if_run_dir_in_use(argv: list[str]) -> None:
 
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv) or detect().rank != 0:
         return
-    # The model/data/module keys never place a run, and checking them needs their code.
-    placing = [a for a in argv if a.lstrip("+~").split("=")[0].split(".")[0] not in ("model", "data", "module")
-               or "." not in a.split("=")[0]]
     try:
-        cfg = compose_unchecked(placing)
+        cfg = compose_unchecked([a for a in argv if _may_place_the_run(a)])
         run = cfg.run
         path = existing_run_dir(run.name, run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id(), run.dir,
                                 cfg.paths.runs_dir)
@@ -50,6 +47,12 @@ def refuse_if_run_dir_in_use(argv: list[str]) -> None:
     if path is not None:
         with exit_on_user_error():
             run_lock.check(RunDir(path).lock, job_id=launcher_run_id(), stale_after_s=stale_after_s)
+
+
+def _may_place_the_run(override: str) -> bool:
+    """model./data./module. keys never choose the run dir, and composing them needs their code."""
+    key = override.split("=")[0].lstrip("+~")
+    return "." not in key or key.split(".")[0] not in ("model", "data", "module")
 
 
 def precheck(argv: list[str]) -> None:
