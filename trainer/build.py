@@ -47,6 +47,17 @@ def resolve_device(t: DictConfig) -> Device:
     return Device(on_gpu, precision)
 
 
+def check_local_devices(t: DictConfig) -> None:
+    """Before local ranks start: the GPUs they ask for exist (one clear error, not one per rank)."""
+    device = resolve_device(t)
+    if device.on_gpu:
+        import torch
+
+        if torch.cuda.device_count() < t.devices:
+            raise UserError(f"trainer.devices={t.devices} local ranks need {t.devices} GPUs, this machine has "
+                            f"{torch.cuda.device_count()}: set trainer.devices={torch.cuda.device_count()}")
+
+
 def set_cpu_threads(t: DictConfig, device: Device, local_world_size: int) -> None:
     """CPU runs: split the cores between the local ranks (torch would give each rank all of them)."""
     if not device.on_gpu:
@@ -193,6 +204,7 @@ def build_checkpointer(cfg: DictConfig, run_dir: RunDir, run_id: str, plan: Stra
         },
         stop_requested=stop_requested,
         debug_pause_in_save_s=c.debug_pause_in_save_s,
+        keep_set_aside=c.keep_set_aside,
     )
 
 
@@ -255,6 +267,8 @@ def build_trainer(t: DictConfig, plan: StrategyPlan, device: Device, *, loggers:
                   run_dir: RunDir, launcher: str | None, is_zero: bool):
     import pytorch_lightning as pl
 
+    from trainer.checkpoint.storage import DirectCheckpointIO
+
     return pl.Trainer(
         accelerator=device.accelerator,
         devices=t.devices,
@@ -275,7 +289,7 @@ def build_trainer(t: DictConfig, plan: StrategyPlan, device: Device, *, loggers:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
-        plugins=_cluster_plugins(launcher),
+        plugins=[*_cluster_plugins(launcher), DirectCheckpointIO()],  # checkpoint files written in place
         default_root_dir=str(run_dir.path),
         deterministic=t.deterministic,
     )

@@ -30,6 +30,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
 
     from trainer import build, ops
     from trainer.checkpoint.resume import pick_resume_checkpoint
+    from trainer.checkpoint.storage import storage_errors
     from trainer.distributed.env import detect, local_world_size
     from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker
     from trainer.distributed.preflight import preflight_checks
@@ -41,6 +42,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     from trainer.tracking.summary import run_summary
 
     _quiet_library_warnings()
+    preemption = PreemptionFlag().install()  # before the slow start-up: SIGTERM there ends this rank at once
     proc, rd = detect(), RunDir(run_dir)
     is_zero = proc.rank == 0
     console.setup_logging(rd.logs, proc.rank)
@@ -60,7 +62,6 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     if is_zero:
         build.save_run_files(rd, spec, plan)
     module = build.build_module(cfg, net, plan)
-    preemption = PreemptionFlag().install()
     checkpointer = build.build_checkpointer(cfg, rd, run_id, plan, datamodule, stop_requested=preemption.agreed)
     callbacks = build.build_callbacks(cfg, rd, net, plan, checkpointer, preemption, is_zero=is_zero,
                                       world_size=proc.world_size, extra=extra_callbacks)
@@ -78,7 +79,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
         update_manifest(rd.path, kernels={"mode": kernel_mode, **ops.kernel_status()}, resumed_from=str(resume.path) if resume else None,
                         data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
-    with _peer_watchdog(cfg.strategy.timeout_s):
+    with _peer_watchdog(cfg.strategy.timeout_s), storage_errors(rd.checkpoints, lambda: checkpointer.storage_error):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)
     wall = time.time() - started
 
@@ -151,16 +152,22 @@ def _shutdown_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry for local ranks: python -m trainer.fit <frozen config.yaml>."""
+    from trainer.distributed.spawn import record_exit
     from trainer.tracking.run_dir import load_frozen
 
     args = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
-        if len(args) != 1:
-            raise UserError("usage: python -m trainer.fit RUN_DIR/config.yaml")
-        path = Path(args[0]).absolute()
-        cfg = load_frozen(path)
-        run_id = os.environ.get("TRAINER_RUN_ID") or path.parent.name
-        code = run_fit(cfg, path.parent, run_id)
+        try:
+            if len(args) != 1:
+                raise UserError("usage: python -m trainer.fit RUN_DIR/config.yaml")
+            path = Path(args[0]).absolute()
+            cfg = load_frozen(path)
+            run_id = os.environ.get("TRAINER_RUN_ID") or path.parent.name
+            code = run_fit(cfg, path.parent, run_id)
+        except UserError as e:
+            record_exit(e.exit_code)  # the launcher does not restart what would fail the same way
+            raise
+    record_exit(code)
     sys.exit(code)
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainer.config import complete_target_sections, validate
 from trainer.errors import UserError
+from trainer.tracking.run_lock import RunLock
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,19 @@ class PreparedRun:
     frozen_config: Path  # every rank and every restart starts from this file
     launcher: str | None  # the launcher this process runs under (None: a plain process)
     rank: int
+    lock: RunLock | None = None  # rank 0 holds the run dir until it ends (released at exit, or by release())
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = None, launcher_label: str | None = None) -> PreparedRun:
-    """Validate `cfg`, resolve its run dir (cfg.run.id/dir are set in place) and, on rank 0, freeze
-    the config and write the manifest. `run_id` overrides the id from the config and the launcher."""
+    """Validate `cfg`, resolve its run dir (cfg.run.id/dir are set in place) and, on rank 0, take the
+    run dir's lock (a second job is refused here, before it writes anything), freeze the config and
+    write the manifest. `run_id` overrides the id from the config and the launcher."""
     from trainer.distributed.env import detect
+    from trainer.tracking import run_lock
     from trainer.tracking.manifest import build_manifest, write_manifest
     from trainer.tracking.run_dir import RunDir, freeze_config, launcher_run_id, resolve_run_dir
 
@@ -49,6 +57,9 @@ def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = No
             "set run.id=NAME (or torchrun --rdzv-id=NAME) so every rank uses the same run dir"
         )
     run_dir, rid = resolve_run_dir(cfg.run.name, rid, cfg.run.dir, cfg.paths.runs_dir)
+    # Before anything is written: a second job is refused here, with the run dir as the first job left it.
+    lock = run_lock.acquire(RunDir(run_dir).lock, job_id=launcher_run_id(), stale_after_s=cfg.run.lock_stale_after_s) \
+        if proc.rank == 0 else None
     with open_dict(cfg):
         cfg.run.id, cfg.run.dir = rid, str(run_dir)
     world = cfg.trainer.devices * cfg.trainer.num_nodes
@@ -61,7 +72,7 @@ def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = No
         ))
     else:
         frozen = RunDir(run_dir).config
-    return PreparedRun(run_dir, rid, frozen, proc.launcher, proc.rank)
+    return PreparedRun(run_dir, rid, frozen, proc.launcher, proc.rank, lock)
 
 
 def resolved(cfg: DictConfig) -> DictConfig:

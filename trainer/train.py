@@ -25,12 +25,51 @@ _HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--mult
                 "--config-dir", "-cd", "--version", "--run", "-r", "--experimental-rerun")
 
 
+def refuse_if_run_dir_in_use(argv: list[str]) -> None:
+    """A run dir that another living job holds is refused here, a second after start: before the checks
+    of precheck, which import torch and the model's code (15 s on a loaded machine). prepare_run takes
+    the lock for good later; this only looks."""
+    from trainer.config import compose_unchecked
+    from trainer.distributed.env import detect
+    from trainer.tracking import run_lock
+    from trainer.tracking.run_dir import RunDir, existing_run_dir
+
+    if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv) or detect().rank != 0:
+        return
+    try:
+        cfg = compose_unchecked([a for a in argv if _may_place_the_run(a)])
+        run = cfg.run
+        path = existing_run_dir(run.name, run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id(), run.dir,
+                                cfg.paths.runs_dir)
+        stale_after_s = float(run.lock_stale_after_s)
+    except Exception:  # noqa: BLE001 - a config precheck will explain
+        return
+    if path is not None:
+        with exit_on_user_error():
+            run_lock.check(RunDir(path).lock, job_id=launcher_run_id(), stale_after_s=stale_after_s)
+
+
+def _may_place_the_run(override: str) -> bool:
+    """model./data./module. keys never choose the run dir, and composing them needs their code."""
+    key = override.split("=")[0].lstrip("+~")
+    return "." not in key or key.split(".")[0] not in ("model", "data", "module")
+
+
 def precheck(argv: list[str]) -> None:
     """Compose once before Hydra does, to turn a bad override into one clear message (exit 2)."""
     if any(a.split("=")[0] in _HYDRA_FLAGS for a in argv):
         return
     with exit_on_user_error():
         compose_config(argv)
+
+
+def with_launcher_section(argv: list[str]) -> list[str]:
+    """`launcher.max_restarts=1` alone (the local ranks' restarts) selects the torchrun launcher section
+    it belongs to; without a section Hydra could not set the key."""
+    keys = [a.split("=")[0].lstrip("+~") for a in argv if "=" in a]
+    if any(k.startswith("launcher.") for k in keys) and "launcher" not in keys:
+        return ["+launcher=torchrun", *argv]
+    return argv
 
 
 def hydra_argv(argv: list[str]) -> list[str]:
@@ -42,22 +81,38 @@ def hydra_argv(argv: list[str]) -> list[str]:
 
 
 def start_run(cfg: DictConfig, argv: list[str]) -> int:
-    from trainer.prepare import prepare_run, resolved
+    from trainer.build import check_local_devices
+    from trainer.distributed.env import detect
+    from trainer.prepare import prepare_run
 
+    if detect().launcher is None:
+        # Before the run dir is touched, and once rather than in every local rank torchrun would start.
+        check_local_devices(cfg.trainer)
     run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
-    from trainer.lifecycle.data_check import check_before_training
+    try:
+        from trainer.lifecycle.data_check import check_before_training
 
-    check_before_training(cfg, run.dir, run.rank)  # data.quality: before any rank starts training
+        check_before_training(cfg, run.dir, run.rank)  # data.quality: before any rank starts training
+        return _launch(cfg, run)
+    finally:
+        run.release()  # the next point of a -m sweep may start in this process
+
+
+def _launch(cfg: DictConfig, run) -> int:
+    from trainer.prepare import resolved
+
     if run.launcher is None and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         if cfg.trainer.num_nodes > 1:
             raise UserError(
                 f"trainer.num_nodes={cfg.trainer.num_nodes} needs a cluster launcher: "
                 "python -m launch.torchrun / launch.slurm / launch.k8s (see README, 'Run on a cluster')"
             )
+        from trainer.config import LauncherConfig
         from trainer.distributed.spawn import relaunch_local
 
         print(f"run dir: {run.dir}", flush=True)
-        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id)
+        max_restarts = (cfg.get("launcher") or LauncherConfig()).max_restarts
+        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id, max_restarts=max_restarts)
     from trainer.fit import run_fit
 
     return run_fit(resolved(cfg), run.dir, run.id)
@@ -86,8 +141,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    precheck(sys.argv[1:])
-    sys.argv = [sys.argv[0], *hydra_argv(sys.argv[1:])]
+    argv = with_launcher_section(sys.argv[1:])
+    refuse_if_run_dir_in_use(argv)
+    precheck(argv)
+    sys.argv = [sys.argv[0], *hydra_argv(argv)]
     _hydra_main()
 
 

@@ -93,3 +93,16 @@ def test_run_dir_not_writable(tmp_path):
 def test_export_of_a_non_run_dir(tmp_path):
     assert_user_error(cli("trainer.export", f"run.dir={tmp_path}"), str(tmp_path), "not a run dir")
     assert_user_error(cli("trainer.export", "rundir=x"), "rundir", "run.dir")
+
+
+def test_gpus_asked_for_where_there_are_none(tmp_path):
+    """Checked once, before any rank starts (it was: the error once per rank, torchrun's traceback, exit 1)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = cli("trainer.train", *FAST, "trainer.devices=2", "strategy=fsdp", "trainer.accelerator=gpu",
+               f"paths.runs_dir={tmp_path}")
+    assert_user_error(proc, "trainer.accelerator=gpu but no CUDA GPU is visible")
+    assert proc.stderr.count("error:") == 1 and "torch.distributed" not in proc.stdout + proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written"

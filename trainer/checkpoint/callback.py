@@ -2,15 +2,17 @@
 preemption request and at the end, through the atomic store in checkpoint/store.py."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 
-from trainer.checkpoint import store
+from trainer.checkpoint import storage, store
+from trainer.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class CheckpointManager(pl.Callback):
         meta: dict[str, Any] | None = None,
         stop_requested: Callable[[pl.Trainer], bool] | None = None,
         debug_pause_in_save_s: float = 0.0,
+        keep_set_aside: int = 2,
     ):
         self.root = Path(root)
         self.every_n_steps, self.keep_last, self.checksum = every_n_steps, keep_last, checksum
@@ -41,6 +44,8 @@ class CheckpointManager(pl.Callback):
         self.save_seconds: list[float] = []
         self.preempt_saved_at: float | None = None
         self.debug_pause_in_save_s = debug_pause_in_save_s
+        self.storage_error: StorageError | None = None  # a save storage refused (checkpoint/storage.py)
+        self.keep_set_aside = keep_set_aside
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -54,6 +59,9 @@ class CheckpointManager(pl.Callback):
             self.save(trainer, step)
         if preempt:
             self.preempt_saved_at = time.time()
+            # Exit right after the save: Lightning validates whenever a callback stops training, which cost
+            # the grace period's seconds and left validation rows at a step the schedule never asked for.
+            trainer.limit_val_batches = 0
         if preempt or at_stop:
             self.stopped_early = "preempted" if preempt else "stop_after_steps"
             trainer.should_stop = True
@@ -67,36 +75,66 @@ class CheckpointManager(pl.Callback):
         t0 = time.perf_counter()
         tmp = store.tmp_dir_for(self.root, step)
         final = self.root / store.step_dir_name(step)
-        if trainer.is_global_zero:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # a partial from a crash at this very step
-            tmp.mkdir(parents=True)
-        trainer.strategy.barrier("checkpoint-mkdir")
-        trainer.save_checkpoint(tmp / self.state_name, weights_only=False)  # barriers inside
+        with self._refusals(trainer, step, tmp):  # each phase ends with every rank agreeing it went well
+            if trainer.is_global_zero:
+                self.root.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)  # a partial from a crash at this very step
+                tmp.mkdir(parents=True)
+        with self._refusals(trainer, step, tmp):
+            trainer.save_checkpoint(tmp / self.state_name, weights_only=False)  # barriers inside
         if self.debug_pause_in_save_s:
             log.warning("debug: pausing %.1f s inside the save of step %d (before its manifest)", self.debug_pause_in_save_s, step)
             time.sleep(self.debug_pause_in_save_s)
-        if trainer.is_global_zero:
-            meta = {
-                **self.meta,
-                "world_size": trainer.world_size,
-                "num_nodes": trainer.num_nodes,
-                "global_step": step,
-            }
-            if self.state_name == "state":  # sharded: record who wrote what; refuse to publish an incomplete set
-                from trainer.checkpoint.shards import shard_list
+        with self._refusals(trainer, step, tmp):
+            if trainer.is_global_zero:
+                meta = {
+                    **self.meta,
+                    "world_size": trainer.world_size,
+                    "num_nodes": trainer.num_nodes,
+                    "global_step": step,
+                }
+                if self.state_name == "state":  # sharded: record who wrote what; refuse to publish an incomplete set
+                    from trainer.checkpoint.shards import shard_list
 
-                meta["shards"] = shard_list(tmp, self.state_name, self.meta.get("strategy", ""), trainer.world_size,
-                                            self.meta.get("zero_stage"))
-            store.write_manifest(tmp, step=step, state=self.state_name, meta=meta, checksum=self.checksum)
-            store.publish(tmp, final)
-            removed = store.prune(self.root, self.keep_last)
-            for p in removed:
-                log.debug("pruned old checkpoint %s", p)
-        trainer.strategy.barrier("checkpoint-published")
+                    meta["shards"] = shard_list(tmp, self.state_name, self.meta.get("strategy", ""), trainer.world_size,
+                                                self.meta.get("zero_stage"))
+                store.write_manifest(tmp, step=step, state=self.state_name, meta=meta, checksum=self.checksum)
+                store.publish(tmp, final)
+                removed = store.prune(self.root, self.keep_last)
+                for p in removed:
+                    log.debug("pruned old checkpoint %s", p)
+                self._prune_set_aside(step)
         self.last_saved_step = step
         self.save_seconds.append(time.perf_counter() - t0)
         return final
+
+    def _prune_set_aside(self, step: int) -> None:
+        for p in store.prune_set_aside(self.root, self.keep_set_aside, saving_step=step):
+            log.info("removed %s: set aside, damaged or unfinished (checkpoint.keep_set_aside=%d keeps the most "
+                     "recent for inspection)", p, self.keep_set_aside)
+
+    @contextlib.contextmanager
+    def _refusals(self, trainer: pl.Trainer, step: int, tmp: Path) -> Iterator[None]:
+        """One phase of a save, on every rank. Storage refusing a write here (or on any rank) ends the run
+        with one StorageError on every rank (checkpoint/storage.py); the agreement is the phase's barrier."""
+        message = None
+        try:
+            yield
+        except Exception as e:
+            refused = storage.refused_write(e, self.root)
+            if refused is None:
+                raise
+            message = storage.describe_failed_save(step, refused, self.root, None, partial=tmp)
+        io = trainer.strategy.checkpoint_io
+        deferred = io.take_refused() if isinstance(io, storage.DirectCheckpointIO) else None
+        if message is None and deferred is not None:
+            message = storage.describe_failed_save(step, deferred[0], self.root, deferred[1], partial=tmp)
+        message = storage.agree_on_failure(trainer, message)
+        if message is not None:
+            if trainer.is_global_zero:
+                storage.remove_partial(tmp)
+            self.storage_error = StorageError(message, on_every_rank=True)
+            raise self.storage_error
 
     def state_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "last_saved_step": self.last_saved_step}

@@ -2,7 +2,7 @@
 
 Imports nothing of the project but `trainer.errors`; every layer above may use it.
 """
-from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose_config, explain_hydra_error, group_options, normalize_overrides, schema_keys
+from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose_config, compose_unchecked, explain_hydra_error, group_options, normalize_overrides, schema_keys
 from trainer.config.schema import (
     DATA_DERIVED,
     CheckpointConfig,
@@ -41,7 +41,7 @@ __all__ = [
     "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DataQualityConfig", "DebugConfig", "DriftConfig", "LauncherConfig",
     "LoggerConfig", "ObservabilityConfig", "OptimConfig", "PathsConfig", "PipelineConfig", "ProfilerConfig", "PromoteConfig",
     "RegistryConfig", "RunConfig", "StrategyConfig",
-    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "explain_hydra_error", "group_options",
+    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "compose_unchecked", "explain_hydra_error", "group_options",
     "import_target", "normalize_overrides", "check_drift_config", "check_pipeline_config", "check_promote_config",
     "check_quality_config", "check_registry_config", "quality_of", "schema_keys", "signature_params", "validate", "validate_launcher",
 ]

@@ -34,6 +34,9 @@ class RunConfig:
     stop_after_steps: Optional[int] = None  # end after this step with a checkpoint, as an interruption would
     resume: bool = True  # resume from the newest valid checkpoint in the run dir
     resume_from: Optional[str] = None  # an explicit checkpoint directory to start from
+    # One job per run dir (tracking/run_lock.py): a lock holder on another host (or container) that has not
+    # refreshed its heartbeat for this long is presumed dead and its lock is taken over.
+    lock_stale_after_s: float = 120.0
 
 
 @dataclass
@@ -70,6 +73,10 @@ class OptimConfig:
 class CheckpointConfig:
     every_n_steps: int = 100
     keep_last: int = 3
+    # Checkpoint dirs nothing will load - set aside when a step was saved again (step-N.replaced-<time>), failing
+    # verification, or unfinished (.tmp-step-N) - are kept for inspection, the most recent this many; the rest is
+    # deleted at each save, each named in the log.
+    keep_set_aside: int = 2
     checksum: str = "sha256"  # sha256 | size (size-only verification for very large checkpoints)
     save_final: bool = True
     # Fault injection (tests, drills): sleep this long inside every save, after the state is written and

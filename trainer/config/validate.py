@@ -51,8 +51,10 @@ def validate(cfg: DictConfig) -> None:
     one_of("logger.wandb_mode", cfg.logger.wandb_mode, S.WANDB_MODES)
     positive("checkpoint.every_n_steps", c.every_n_steps)
     positive("checkpoint.keep_last", c.keep_last)
+    non_negative("checkpoint.keep_set_aside", c.keep_set_aside)
     non_negative("checkpoint.debug_pause_in_save_s", c.debug_pause_in_save_s)
     positive("strategy.timeout_s", s.timeout_s)
+    positive("run.lock_stale_after_s", r.lock_stale_after_s)
     if r.stop_after_steps is not None:
         positive("run.stop_after_steps", r.stop_after_steps)
     if r.id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(r.id)):

@@ -4,12 +4,21 @@ SIGTERM (Kubernetes, torchrun shutting down, SLURM at the time limit) and SIGUSR
 warning signal, `--signal=USR1@T`) only record that a stop was asked for. At the next step
 boundary every rank agrees (one tiny all-reduce MAX: if any rank was signalled, all stop), then
 all ranks save a checkpoint together and exit with the requeue code.
+
+Before training starts there is nothing to save and maybe no step boundary to wait for (a rank
+blocked in the process group's start-up on a peer that died, where Python signal handlers never
+run: torchrun then SIGKILLed it 30 s after its SIGTERM). So until `arm()`, a watcher thread that
+learns of signals through `signal.set_wakeup_fd` (written by the C-level handler, even while the
+main thread is blocked) ends the process on SIGTERM at once, with the requeue code.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,11 +35,46 @@ class PreemptionFlag:
         self.signalled_at: float | None = None
         self.signal_name: str | None = None
         self._agreed = False
+        self.armed = False  # training has started: a stop request waits for the next step boundary
+        self._wakeup: tuple[socket.socket, socket.socket, int] | None = None
 
     def install(self) -> "PreemptionFlag":
+        """Record SIGTERM/SIGUSR1 (main thread only); until `arm()`, SIGTERM also ends the process at once."""
         for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
+        if not self.armed and self._wakeup is None:
+            self._watch_start_up()
         return self
+
+    def arm(self) -> None:
+        """Training has started: from here a stop request is saved at the next step boundary."""
+        self.armed = True
+        self.install()  # over Lightning's own SIGTERM handler (see keep_handlers_callback)
+        if self._wakeup is not None:
+            reader, writer, previous = self._wakeup
+            self._wakeup = None
+            signal.set_wakeup_fd(previous)
+            writer.close()  # the watcher's recv returns b"" and it ends
+            reader.close()
+
+    def _watch_start_up(self) -> None:
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._wakeup = (reader, writer, previous)
+
+        def watch() -> None:
+            while True:
+                try:
+                    data = reader.recv(64)  # one byte per signal caught, its number
+                except OSError:
+                    return
+                if not data:
+                    return
+                if signal.SIGTERM in data and not self.armed:
+                    exit_now_in_start_up("SIGTERM")
+
+        threading.Thread(target=watch, name="start-up-sigterm", daemon=True).start()
 
     def _handle(self, signum, _frame) -> None:
         if self.signalled_at is None:
@@ -71,7 +115,7 @@ def keep_handlers_callback(flag: PreemptionFlag):
 
     class KeepPreemptionHandlers(pl.Callback):
         def on_train_start(self, trainer, pl_module) -> None:
-            flag.install()
+            flag.arm()
 
     return KeepPreemptionHandlers()
 
@@ -89,3 +133,14 @@ def leave_requeue_marker() -> None:
         except OSError as e:
             log.warning("could not leave the requeue marker %s (%s): the batch script relies on exit code %d",
                         marker, e, REQUEUE_EXIT)
+
+
+def exit_now_in_start_up(signal_name: str) -> None:
+    """End a rank that was told to stop before training started: nothing new to save, exit for a requeue."""
+    print(f"{signal_name} before training started: nothing to save yet; exiting with code {REQUEUE_EXIT} (requeue)",
+          file=sys.stderr, flush=True)
+    from trainer.distributed.spawn import record_exit
+
+    leave_requeue_marker()
+    record_exit(REQUEUE_EXIT)
+    os._exit(REQUEUE_EXIT)  # no teardown: the process group may be half-built, with a peer gone

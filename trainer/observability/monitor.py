@@ -155,7 +155,10 @@ class PerfMonitor(pl.Callback):
             self.sampler.stop()
         for fh in (self._records, self._stragglers_file):
             if fh is not None:
-                fh.close()
+                try:
+                    fh.close()  # flushes: may find the disk full
+                except OSError as e:
+                    self._warn_once(f"closing {fh.name}", e)
         self._records = self._stragglers_file = None
         self.timer = None
 

@@ -37,6 +37,10 @@ class RunDir:
         return self.path / f"config.{n}.yaml"
 
     @property
+    def lock(self) -> Path:  # who is running in this dir now (tracking/run_lock.py)
+        return self.path / "lock.json"
+
+    @property
     def manifest(self) -> Path:  # reproducibility manifest (tracking/manifest.py)
         return self.path / "manifest.json"
 
@@ -149,9 +153,21 @@ def resolve_run_dir(run_name: str, run_id: str | None, run_dir: str | None, runs
         rid = run_id or path.name
     else:
         rid = run_id or launcher_run_id() or new_run_id()
-        path = (Path(runs_dir).expanduser() / run_name / rid).absolute()
+        path = _under(runs_dir, run_name, rid)
     ensure_writable(path)
     return path, rid
+
+
+def existing_run_dir(run_name: str, run_id: str | None, run_dir: str | None, runs_dir: str) -> Path | None:
+    """The run dir resolve_run_dir will choose, without creating it; None when it will make up a fresh id."""
+    if run_dir:
+        return Path(run_dir).expanduser().absolute()
+    rid = run_id or launcher_run_id()
+    return _under(runs_dir, run_name, rid) if rid else None
+
+
+def _under(runs_dir: str, run_name: str, run_id: str) -> Path:
+    return (Path(runs_dir).expanduser() / run_name / run_id).absolute()
 
 
 def ensure_writable(path: Path) -> None:
