@@ -12,6 +12,7 @@ from trainer.config.schema import (
     ObservabilityConfig,
     OptimConfig,
     PathsConfig,
+    PlanConfig,
     ProfilerConfig,
     RunConfig,
     StrategyConfig,
@@ -22,7 +23,7 @@ from trainer.config.validate import check_target, import_target, signature_param
 
 __all__ = [
     "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DebugConfig", "LauncherConfig", "LoggerConfig",
-    "ObservabilityConfig", "OptimConfig", "PathsConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
+    "ObservabilityConfig", "OptimConfig", "PathsConfig", "PlanConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
     "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "explain_hydra_error", "group_options",
     "import_target", "normalize_overrides", "schema_keys", "signature_params", "validate", "validate_launcher",
 ]
