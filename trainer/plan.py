@@ -68,13 +68,13 @@ def check_before_launch(cfg: DictConfig) -> None:
 
 def _not_fitting(plan, fixes) -> str:
     peak = plan.memory.peak
-    msg = (f"the memory plan predicts {peak.total / GIB:.1f} GiB per device at the {plan.memory.peak_phase} peak "
+    msg = (f"the memory plan predicts {peak.total / GIB:.2f} GiB per device at the {plan.memory.peak_phase} peak "
            f"(parameters {peak.params / GIB:.1f}, gradients {peak.grads / GIB:.1f}, optimizer {peak.optimizer / GIB:.1f}, "
            f"activations {peak.activations / GIB:.1f}, temporaries {peak.temporaries / GIB:.1f}), more than the "
-           f"{plan.hardware.memory_bytes / GIB:.1f} GiB available (plan.device_memory_gb).")
+           f"{plan.hardware.memory_bytes / GIB:.2f} GiB available (plan.device_memory_gb).")
     if fixes:
         best = fixes[0]
-        msg += (f" Fits: {' '.join(best.overrides())} ({best.peak_bytes / GIB:.1f} GiB"
+        msg += (f" Fits: {' '.join(best.overrides())} ({best.peak_bytes / GIB:.2f} GiB"
                 + (f", ~{best.time.step_s:.2f} s/step" if best.time.step_s else "") + ").")
     else:
         msg += " No strategy, activation checkpointing or micro-batch fits this world size: add devices (trainer.devices, trainer.num_nodes)."

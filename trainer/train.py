@@ -42,7 +42,12 @@ def hydra_argv(argv: list[str]) -> list[str]:
 
 
 def start_run(cfg: DictConfig, argv: list[str]) -> int:
+    from trainer.distributed.env import detect
+    from trainer.plan import check_before_launch
     from trainer.prepare import prepare_run, resolved
+
+    if detect().rank == 0:  # under an external launcher every rank starts here; one check is enough
+        check_before_launch(cfg)
 
     run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
     if run.launcher is None and cfg.trainer.devices * cfg.trainer.num_nodes > 1:

@@ -83,7 +83,9 @@ def make_plan(
     if s.name == "ddp":
         from pytorch_lightning.strategies import DDPStrategy
 
-        return StrategyPlan("ddp", DDPStrategy(process_group_backend=backend, timeout=timeout, find_unused_parameters=False),
+        # gradient_as_bucket_view: the gradients are views into DDP's communication buckets, not a second copy.
+        return StrategyPlan("ddp", DDPStrategy(process_group_backend=backend, timeout=timeout, find_unused_parameters=False,
+                                               gradient_as_bucket_view=True),
                             callbacks=_clipping(torch_global_norm, gradient_clip),
                             checkpoint_meta={"strategy": "ddp", "zero_stage": None})
     if s.name == "fsdp":

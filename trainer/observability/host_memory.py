@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 import threading
 import time
 from typing import Optional
@@ -65,12 +66,17 @@ class PeakSampler:
         self.base_malloc, self.base_rss = malloc_in_use() or 0, rss_bytes()
 
     def start(self) -> "PeakSampler":
+        # Python hands the GIL to another thread every 5 ms by default: long enough to miss a short-lived
+        # peak (the optimizer step's temporaries). Switch far more often while sampling.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, 1e-5))
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        sys.setswitchinterval(self._switch)
 
     def phase(self, name: Optional[str]) -> None:
         self._sample()  # the boundary itself belongs to the phase that ends

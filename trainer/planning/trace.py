@@ -1,8 +1,10 @@
 """One training step of one process, traced on fake tensors: the memory it holds in each phase, by
 category, without allocating any.
 
-The net is built under FakeTensorMode and driven through the trainer's own loop (zero_grad, then
-`accumulate` micro-batches of forward + backward, gradient clipping, the optimizer step), with
+The net is built under FakeTensorMode and driven through the loop Lightning runs (`accumulate`
+micro-batches of forward + backward, the gradients set to None after the first forward of the window
+(so the previous step's gradients are still held during that forward), gradient clipping, the
+optimizer step; AdamW's per-parameter implementation, as on CPU, close to CUDA's fused one), with
 activation checkpointing applied as the strategy plan applies it; torch's MemTracker
 (torch.distributed._tools) follows every storage and sorts it into parameters, gradients, optimizer
 state, activations and temporaries. A first step creates the optimizer state; the second is measured,
@@ -72,13 +74,15 @@ def trace_step(make_net: Callable[[], nn.Module], make_batch: Callable[[], Any],
         params = list(dict.fromkeys(net.parameters()))  # tied weights once
         decay = [p for p in params if p.dim() >= 2]
         optimizer = torch.optim.AdamW([{"params": decay}, {"params": [p for p in params if p.dim() < 2],
-                                                           "weight_decay": 0.0}], lr=lr, foreach=True)
+                                                           "weight_decay": 0.0}], lr=lr, foreach=False)
         batch = make_batch()
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16-mixed"))
 
-        def forward_backward() -> None:
+        def forward_backward(first: bool) -> None:
             with autocast:
                 loss = net(*batch)
+            if first:
+                optimizer.zero_grad(set_to_none=True)  # Lightning: after the window's first forward
             loss.backward()
 
         def step() -> None:
@@ -86,35 +90,38 @@ def trace_step(make_net: Callable[[], nn.Module], make_batch: Callable[[], Any],
                 torch.nn.utils.clip_grad_norm_(params, gradient_clip)
             optimizer.step()
 
-        optimizer.zero_grad(set_to_none=True)
-        for _ in range(accumulate):
-            forward_backward()
+        for i in range(accumulate):
+            forward_backward(first=i == 0)
         step()
 
         tracker = MemTracker()
         tracker.track_external(net, optimizer, batch)
-        peaks: dict[str, Usage] = {name: Usage() for name in PHASES}
-        optimizer.zero_grad(set_to_none=True)
-        for _ in range(accumulate):
-            tracker.reset_mod_stats()  # the tracker refuses a second forward of the same root otherwise
-            with autocast:
-                with tracker:
-                    loss = net(*batch)
-                peaks["forward"] = _larger(peaks["forward"], _usage(tracker))
-            with tracker:
-                loss.backward()
-            del loss
-            peaks["backward"] = _larger(peaks["backward"], _usage(tracker))
+        peaks: dict[str, dict] = {}
         with tracker:
+            for i in range(accumulate):
+                tracker.reset_mod_stats()  # the tracker refuses a second forward of the same root otherwise
+                _restart_peak(tracker)
+                with autocast:
+                    loss = net(*batch)
+                peaks["forward"] = _larger(peaks.get("forward"), tracker.get_tracker_snapshot("peak"))
+                if i == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                _restart_peak(tracker)
+                loss.backward()
+                del loss
+                peaks["backward"] = _larger(peaks.get("backward"), tracker.get_tracker_snapshot("peak"))
+            _restart_peak(tracker)
             step()
-        peaks["optimizer"] = _usage(tracker)
-        after = _usage(tracker, "current")
+            peaks["optimizer"] = tracker.get_tracker_snapshot("peak")
+        optimizer_bytes = _bytes(t for state in optimizer.state.values() for t in state.values()
+                                 if isinstance(t, torch.Tensor))
+        phases = {name: _usage(snap, optimizer_bytes) for name, snap in peaks.items()}
 
         block_bytes = max((_bytes(b.parameters()) for b in blocks), default=0.0)
         all_bytes = _bytes(params)
         return StepTrace(
-            phases=peaks, param_bytes=all_bytes, grad_bytes=_bytes(p.grad for p in params if p.grad is not None),
-            optimizer_bytes=after.optimizer, n_params=sum(p.numel() for p in params),
+            phases=phases, param_bytes=all_bytes, grad_bytes=_bytes(p.grad for p in params if p.grad is not None),
+            optimizer_bytes=optimizer_bytes, n_params=sum(p.numel() for p in params),
             block_param_bytes=block_bytes, root_param_bytes=all_bytes - sum(_bytes(b.parameters()) for b in blocks),
             micro_batch=micro_batch,
         )
@@ -124,20 +131,39 @@ def _bytes(tensors) -> float:
     return float(sum(t.numel() * t.element_size() for t in tensors))
 
 
-def _usage(tracker, which: str = "peak") -> Usage:
+def _restart_peak(tracker) -> None:
+    """Start a new phase: the tracker's peak becomes its current usage (as MemTracker.__enter__ does;
+    leaving and re-entering the tracker instead would drop its gradient hooks)."""
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY
+
+    tracker._peak_mem_snap = tracker.get_tracker_snapshot()
+    tracker._peak_mem = {dev: snap[_TOTAL_KEY] for dev, snap in tracker._peak_mem_snap.items()}
+
+
+def _usage(snapshot: dict, optimizer_bytes: float) -> Usage:
+    """A tracker snapshot as Usage. The optimizer state is the known size of AdamW's state (the tracker
+    also files the step's own temporaries under it); temporaries are whatever else is held."""
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY
     from torch.distributed._tools.mem_tracker import _MemRefType as R
 
     total: dict = {}
-    for dev_snap in tracker.get_tracker_snapshot(which).values():
+    for dev_snap in snapshot.values():
         for key, value in dev_snap.items():
             total[key] = total.get(key, 0) + value
-    return Usage(params=total.get(R.PARAM, 0) + total.get(R.BUFFER, 0), grads=total.get(R.GRAD, 0),
-                 optimizer=total.get(R.OPT, 0), activations=total.get(R.ACT, 0),
-                 temporaries=total.get(R.TEMP, 0) + total.get(R.OTH, 0))
+    params = total.get(R.PARAM, 0) + total.get(R.BUFFER, 0)
+    grads, activations = total.get(R.GRAD, 0), total.get(R.ACT, 0)
+    optimizer = min(optimizer_bytes, total.get(R.OPT, 0) + total.get(R.OTH, 0) + total.get(R.TEMP, 0))
+    rest = total.get(_TOTAL_KEY, 0) - params - grads - activations - optimizer
+    return Usage(params=params, grads=grads, optimizer=optimizer, activations=activations, temporaries=max(0.0, rest))
 
 
-def _larger(a: Usage, b: Usage) -> Usage:
-    return b if b.total > a.total else a
+def _larger(a: dict | None, b: dict) -> dict:
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY
+
+    def total(snap: dict) -> int:
+        return sum(dev.get(_TOTAL_KEY, 0) for dev in snap.values())
+
+    return b if a is None or total(b) > total(a) else a
 
 
 def screening_trace(make_net: Callable[[], nn.Module], batch: Any, *, micro_batch: int) -> StepTrace:
