@@ -79,6 +79,21 @@ def warm_up(out_dir: Path, args_overrides: list[str]) -> None:
     tiny = [o for o in args_overrides if not o.startswith(("model.", "trainer.max_steps=", "run.dir="))]
     run_ours([*tiny, "model.d_model=64", "model.n_layers=1", "model.n_heads=1", "trainer.max_steps=2",
               f"run.dir={out_dir / 'warm-up'}"], [])
+    _forget_deepspeed_groups()
+    # The next process group reuses torchrun's store: give it new key names, or gloo finds the warm-up's
+    # (dead) addresses under the old ones ("connectFullMesh ... Connection refused").
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d._world.group_count = 1000
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches process groups in module globals; the warm-up's were destroyed with its process
+    group (torch's destroy, not DeepSpeed's, which would have released them), and the measured run must
+    build new ones. A second run in one process is this benchmark's need only."""
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        groups._release_process_group_references()
 
 
 def rank_worker(out_dir: Path, args_overrides: list[str]) -> None:
