@@ -11,14 +11,16 @@ bytes (fp32: 4 per parameter), N data-parallel ranks:
 | single | Ψ | Ψ | 2Ψ | - |
 | ddp | Ψ | Ψ in DDP's buckets, held in every phase | 2Ψ | - |
 | fsdp, fsdp2 | Ψ/N + 2 gathered blocks in fwd/bwd | Ψ/N + one unsharded block in bwd | 2Ψ/N | FSDP2 keeps the root (embeddings, head) gathered through fwd/bwd |
-| ZeRO-1 | Ψ + fp32 master Ψ/N | Ψ | 2Ψ/N | gradient buckets in bwd (`reduce_bucket_size`, x2 with `overlap_comm`) |
-| ZeRO-2 | Ψ + fp32 master Ψ/N | Ψ/N | 2Ψ/N | the same buckets |
-| ZeRO-3 | Ψ/N + fp32 master Ψ/N + gathered blocks in fwd/bwd | Ψ/N | 2Ψ/N | a persistent reduce bucket |
+| ZeRO-1 | Ψ + fp32 master Ψ/N | Ψ in bwd; none in fwd; Ψ + 2Ψ/N in the step | 2Ψ/N | gradient buckets in bwd (`reduce_bucket_size`, x2 with `overlap_comm`) |
+| ZeRO-2 | Ψ + fp32 master Ψ/N | Ψ/N in bwd; none in fwd; Ψ + 2Ψ/N in the step | 2Ψ/N | the same buckets |
+| ZeRO-3 | Ψ/N + fp32 master Ψ/N + gathered blocks in fwd/bwd | Ψ/N + a reduce bucket, always | 2Ψ/N | - |
 
 Offloaded optimizer state (and with offload_params the ZeRO-3 partitions) moves from the device to
 host memory (`host` below); on a CPU run both are the same memory. The optimizer step's temporaries
-(foreach AdamW) scale with the state the rank updates. The ZeRO paper's formula is the parameters,
-gradients and optimizer columns without the buffers and activations.
+scale with the state the rank updates. DeepSpeed's terms beyond the ZeRO paper's (the fp32 master
+copy, the gradient buckets, what its step holds) were read from its code and checked against the
+allocator (benchmarks/memory.py). The ZeRO paper's formula is the parameters, gradients and optimizer
+columns without any buffer, temporary or activation.
 """
 from __future__ import annotations
 
@@ -107,22 +109,30 @@ def plan_memory(trace: StepTrace, layout: Layout) -> MemoryPlan:
 
 
 def _zero(u: Usage, trace: StepTrace, layout: Layout, phase: str, g_frac: float) -> tuple[Usage, float]:
-    """DeepSpeed ZeRO-1/2/3 on one rank: (device usage, bytes offloaded to the host)."""
+    """DeepSpeed ZeRO-1/2/3 on one rank: (device usage, bytes offloaded to the host).
+
+    DeepSpeed frees the gradients in its step, so a forward holds none (unless it accumulates); its step
+    holds the parameters' gradients, this rank's averaged partition and that partition flattened
+    (ZeRO-1/2); backward adds the gradient buckets (measured: benchmarks/memory.py)."""
     n, stage = max(1, layout.world_size), layout.zero_stage
-    psi, grads, opt = trace.param_bytes, trace.grad_bytes, trace.optimizer_bytes
+    psi, grads = trace.param_bytes, trace.grad_bytes
     master = psi / n  # DeepSpeed's fp32 master partition (kept even when training in fp32)
     buckets = layout.reduce_bucket_size * FP32 * (2 if layout.overlap_comm else 1) if layout.contiguous_gradients else 0.0
     optimizer = u.optimizer / n
     temporaries = u.temporaries / n if phase == "optimizer" else u.temporaries
+    held = g_frac if phase == "backward" or trace.micro_batch_accumulates else 0.0
     if stage in (1, 2):
         params = psi + master
-        grad_bytes = g_frac * grads if stage == 1 else g_frac * grads / n
+        if phase == "optimizer":
+            grad_bytes = grads + 2 * grads / n
+        else:
+            grad_bytes = held * grads if stage == 1 else held * grads / n
         if phase == "backward":
             temporaries += buckets
     else:
         gathered = 0.0 if phase == "optimizer" else min(psi, 2 * trace.block_param_bytes)
         params = psi / n + master + gathered
-        grad_bytes = g_frac * grads / n + layout.reduce_bucket_size * FP32
+        grad_bytes = grads / n + layout.reduce_bucket_size * FP32  # a flat partition and a reduce bucket, always
     offloaded = 0.0
     if layout.offload_optimizer:
         offloaded += optimizer + master

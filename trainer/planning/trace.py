@@ -55,6 +55,7 @@ class StepTrace:
     block_param_bytes: float  # the largest repeated block's parameters (a sharding unit)
     root_param_bytes: float  # parameters outside the repeated blocks (embeddings, head, final norm)
     micro_batch: int
+    micro_batch_accumulates: bool = False  # more than one micro-batch per optimizer step
 
 
 def trace_step(make_net: Callable[[], nn.Module], make_batch: Callable[[], Any], *, micro_batch: int,
@@ -123,7 +124,7 @@ def trace_step(make_net: Callable[[], nn.Module], make_batch: Callable[[], Any],
             phases=phases, param_bytes=all_bytes, grad_bytes=_bytes(p.grad for p in params if p.grad is not None),
             optimizer_bytes=optimizer_bytes, n_params=sum(p.numel() for p in params),
             block_param_bytes=block_bytes, root_param_bytes=all_bytes - sum(_bytes(b.parameters()) for b in blocks),
-            micro_batch=micro_batch,
+            micro_batch=micro_batch, micro_batch_accumulates=accumulate > 1,
         )
 
 
