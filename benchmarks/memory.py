@@ -126,7 +126,10 @@ def measure(args, strategy: str, devices: int, extra=()) -> dict:
         tmp = Path(tmp)
         ov = overrides(args, strategy, devices=devices, extra=extra) + [f"run.dir={tmp / 'run'}",
                                                                       f"paths.cache_dir={args.cache_dir}"]
+        # One malloc arena (mallinfo2 sees every thread); tensors above 1 MiB mmapped and unmapped when freed,
+        # so RSS follows the live bytes instead of keeping freed heap pages.
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1",
+               "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
                "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path("~/.cache/trainer/torch_extensions").expanduser()))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
@@ -146,15 +149,19 @@ def predicted(ov: list[str]):
     return plan_config(compose_config(ov))[0]
 
 
+def _add_plan(m: dict, ov: list[str]) -> None:
+    plan = predicted(ov)
+    m["plan"] = {p: u.__dict__ | {"total": u.total} for p, u in plan.memory.phases.items()}
+    m["plan_host"] = plan.memory.host
+    m["formula"] = plan.memory.formula.__dict__ | {"total": plan.memory.formula.total}
+    m["n_params"] = plan.trace.n_params
+
+
 def strategy_rows(args) -> list[dict]:
     rows = []
     for strategy in args.strategies.split(","):
         m = measure(args, strategy, args.ranks)
-        plan = predicted(overrides(args, strategy, devices=args.ranks))
-        m["plan"] = {p: u.__dict__ | {"total": u.total} for p, u in plan.memory.phases.items()}
-        m["plan_host"] = plan.memory.host
-        m["formula"] = plan.memory.formula.__dict__ | {"total": plan.memory.formula.total}
-        m["n_params"] = plan.trace.n_params
+        _add_plan(m, overrides(args, strategy, devices=args.ranks))
         rows.append(m)
         print(f"  measured {strategy}: {m['wall_s']:.0f} s", flush=True)
     return rows
@@ -166,9 +173,8 @@ def ac_rows(args) -> list[dict]:
     for mode in ("none", "full", "selective"):
         extra = (f"trainer.activation_checkpointing={mode}",)
         m = measure(args, "single", 1, extra=extra)
-        plan = predicted(overrides(args, "single", devices=1, extra=extra))
+        _add_plan(m, overrides(args, "single", devices=1, extra=extra))
         m["activation_checkpointing"] = mode
-        m["plan"] = {p: u.__dict__ | {"total": u.total} for p, u in plan.memory.phases.items()}
         rows.append(m)
         print(f"  measured activation_checkpointing={mode}: {m['wall_s']:.0f} s", flush=True)
     return rows
@@ -187,11 +193,19 @@ def main() -> None:
                     help="compare trainer.activation_checkpointing=none|full|selective instead of strategies")
     ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/trainer"))
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--table-from", type=Path, help="print the tables of results written earlier with --json")
+    ap.add_argument("--replan", action="store_true", help="with --table-from: predict again with the current planner")
     ap.add_argument("--rank-worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rank_worker:
         rank_worker(args.rank_worker, args.overrides)
+        return
+    if args.table_from:
+        rows = json.loads(args.table_from.read_text())["rows"]
+        for r in rows if args.replan else []:
+            _add_plan(r, r["overrides"])
+        (print_ac_table if "activation_checkpointing" in rows[0] else print_strategy_table)(rows)
         return
 
     from benchmarks.common import describe, machine
@@ -215,33 +229,41 @@ def _mib(x: float) -> str:
 
 
 def print_strategy_table(rows: list[dict]) -> None:
+    from benchmarks.common import markdown_table
+
     r0 = rows[0]
-    print(f"\nGPT with {r0['n_params'] / 1e6:.1f}M parameters, {r0['devices']} ranks, fp32 AdamW, CPU; MiB per rank. "
-          "measured = peak malloc in use (RSS) above the baseline; plan = trainer.plan's prediction; "
-          "error = plan / measured malloc - 1; formula = ZeRO params+grads+optimizer")
-    print(f"{'strategy':17} {'phase':9} {'measured malloc':>15} {'(rss)':>8} {'plan':>8} {'error':>7} "
-          f"{'formula':>8} {'worst rank error':>16}")
+    print(f"\nGPT with {r0['n_params'] / 1e6:.1f}M parameters, {r0['devices']} ranks, fp32 AdamW, CPU; MiB per rank "
+          "above its baseline. measured: peak bytes malloc holds (rank 0; RSS in brackets); plan: trainer.plan's "
+          "prediction; error: plan / measured - 1 (rank 0, and the worst of the ranks); formula: the ZeRO paper's "
+          "params + grads + optimizer.\n")
+    table = []
     for r in rows:
         for phase in PHASES:
             measured = [rk["peaks"][phase]["malloc"] for rk in r["ranks"]]
             rss = r["ranks"][0]["peaks"][phase]["rss"]
             plan = r["plan"][phase]["total"] + r.get("plan_host", 0.0)
             errors = [plan / m - 1 for m in measured]
-            print(f"{r['strategy']:17} {phase:9} {_mib(measured[0]):>15} {_mib(rss):>8} {_mib(plan):>8} "
-                  f"{errors[0]:+7.1%} {_mib(r['formula']['total']):>8} {max(errors, key=abs):+16.1%}")
+            table.append([r["strategy"], phase, f"{_mib(measured[0])} ({_mib(rss)})", _mib(plan), f"{errors[0]:+.1%}",
+                          f"{max(errors, key=abs):+.1%}", _mib(r["formula"]["total"])])
+    print(markdown_table(["strategy", "phase", "measured malloc (RSS)", "plan", "error", "worst rank", "formula"], table))
 
 
 def print_ac_table(rows: list[dict]) -> None:
+    from benchmarks.common import markdown_table
+
     base = rows[0]
     base_mem = max(base["ranks"][0]["peaks"][p]["malloc"] for p in PHASES)
     base_t = base["ranks"][0]["median_step_s"]
-    print(f"\nactivation checkpointing, 1 process, CPU fp32; peak malloc in use above the baseline, median step time")
-    print(f"{'mode':10} {'peak MiB':>9} {'ratio':>6} {'plan MiB':>9} {'step s':>8} {'ratio':>6}")
+    print("\nactivation checkpointing, 1 process, CPU fp32; peak bytes malloc holds above the baseline (MiB), "
+          "the plan's peak, median step time\n")
+    table = []
     for r in rows:
         mem = max(r["ranks"][0]["peaks"][p]["malloc"] for p in PHASES)
         plan = max(r["plan"][p]["total"] for p in PHASES)
         t = r["ranks"][0]["median_step_s"]
-        print(f"{r['activation_checkpointing']:10} {_mib(mem):>9} {mem / base_mem:6.2f} {_mib(plan):>9} {t:8.3f} {t / base_t:6.2f}")
+        table.append([r["activation_checkpointing"], _mib(mem), f"{mem / base_mem:.2f}", _mib(plan),
+                      f"{plan / mem - 1:+.1%}", f"{t:.3f}", f"{t / base_t:.2f}"])
+    print(markdown_table(["mode", "peak MiB", "memory ratio", "plan MiB", "plan error", "step s", "time ratio"], table))
 
 
 if __name__ == "__main__":

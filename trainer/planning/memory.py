@@ -11,15 +11,16 @@ bytes (fp32: 4 per parameter), N data-parallel ranks:
 | single | Ψ | Ψ | 2Ψ | - |
 | ddp | Ψ | Ψ in DDP's buckets, held in every phase | 2Ψ | - |
 | fsdp, fsdp2 | Ψ/N + 2 gathered blocks in fwd/bwd | Ψ/N + one unsharded block in bwd | 2Ψ/N | FSDP2 keeps the root (embeddings, head) gathered through fwd/bwd |
-| ZeRO-1 | Ψ + fp32 master Ψ/N | Ψ in bwd; none in fwd; Ψ + 2Ψ/N in the step | 2Ψ/N | gradient buckets in bwd (`reduce_bucket_size`, x2 with `overlap_comm`) |
-| ZeRO-2 | Ψ + fp32 master Ψ/N | Ψ/N in bwd; none in fwd; Ψ + 2Ψ/N in the step | 2Ψ/N | the same buckets |
-| ZeRO-3 | Ψ/N + fp32 master Ψ/N + gathered blocks in fwd/bwd | Ψ/N + a reduce bucket, always | 2Ψ/N | - |
+| ddp (forward of step 2) | | | | DDP rebuilds its buckets in gradient order: Ψ more for a moment |
+| ZeRO-1, ZeRO-2 | Ψ + fp32 master Ψ/N | Ψ in bwd (DeepSpeed frees them only in its step); none in fwd; Ψ + 2Ψ/N in the step | 2Ψ/N | gradient buckets in bwd (`reduce_bucket_size`, x2 with `overlap_comm`) |
+| ZeRO-3 | Ψ/N + fp32 master Ψ/N + gathered blocks in fwd/bwd | Ψ/N + a reduce bucket, always | 2Ψ/N | 3Ψ/N in bwd and the step |
 
 Offloaded optimizer state (and with offload_params the ZeRO-3 partitions) moves from the device to
 host memory (`host` below); on a CPU run both are the same memory. The optimizer step's temporaries
-scale with the state the rank updates. DeepSpeed's terms beyond the ZeRO paper's (the fp32 master
-copy, the gradient buckets, what its step holds) were read from its code and checked against the
-allocator (benchmarks/memory.py). The ZeRO paper's formula is the parameters, gradients and optimizer
+scale with the state the rank updates. DeepSpeed's terms beyond the ZeRO paper's were read from its
+code (the fp32 master copy, the gradient buckets, the gradients its step holds) or, for ZeRO-3's 3Ψ/N of
+reduce-scatter and step buffers, fitted to the allocator on 2 ranks at two model sizes
+(benchmarks/memory.py; their growth with N is assumed, not measured). The ZeRO paper's formula is the parameters, gradients and optimizer
 columns without any buffer, temporary or activation.
 """
 from __future__ import annotations
@@ -90,8 +91,10 @@ def plan_memory(trace: StepTrace, layout: Layout) -> MemoryPlan:
         g_frac = u.grads / grads if grads else 0.0  # how much of the gradient exists at this phase's peak
         if s in ("single", "ddp"):
             out = u
-            if s == "ddp":  # gradients live in DDP's buckets (gradient_as_bucket_view) from the first backward on
-                out = Usage(u.params, grads, u.optimizer, u.activations, u.temporaries)
+            if s == "ddp":  # gradients live in DDP's buckets (gradient_as_bucket_view) from the first backward on;
+                # the second step's forward rebuilds the buckets in gradient order: old and new are both alive
+                rebuild = grads if phase == "forward" else 0.0
+                out = Usage(u.params, grads, u.optimizer, u.activations, u.temporaries + rebuild)
         elif s in ("fsdp", "fsdp2"):
             working = 0.0 if in_step else 2 * trace.block_param_bytes * layout.param_dtype_bytes / FP32
             if s == "fsdp2" and not in_step:
@@ -123,16 +126,16 @@ def _zero(u: Usage, trace: StepTrace, layout: Layout, phase: str, g_frac: float)
     held = g_frac if phase == "backward" or trace.micro_batch_accumulates else 0.0
     if stage in (1, 2):
         params = psi + master
-        if phase == "optimizer":
-            grad_bytes = grads + 2 * grads / n
-        else:
-            grad_bytes = held * grads if stage == 1 else held * grads / n
+        # Both stages keep every parameter's gradient until the step, which frees them after flattening its partition.
+        grad_bytes = grads + 2 * grads / n if phase == "optimizer" else held * grads
         if phase == "backward":
             temporaries += buckets
     else:
         gathered = 0.0 if phase == "optimizer" else min(psi, 2 * trace.block_param_bytes)
         params = psi / n + master + gathered
         grad_bytes = grads / n + layout.reduce_bucket_size * FP32  # a flat partition and a reduce bucket, always
+        if phase != "forward":  # reduce-scatter and step buffers of partition size (fitted on 2 ranks, see above)
+            temporaries += 3 * psi / n
     offloaded = 0.0
     if layout.offload_optimizer:
         offloaded += optimizer + master
