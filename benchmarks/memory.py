@@ -202,10 +202,13 @@ def main() -> None:
         rank_worker(args.rank_worker, args.overrides)
         return
     if args.table_from:
-        rows = json.loads(args.table_from.read_text())["rows"]
+        saved = json.loads(args.table_from.read_text())
+        rows = saved["rows"]
         for r in rows if args.replan else []:
             _add_plan(r, r["overrides"])
         (print_ac_table if "activation_checkpointing" in rows[0] else print_strategy_table)(rows)
+        if args.json:  # the same measurements, with the predictions of the planner as it is now
+            args.json.write_text(json.dumps({**saved, "replanned": args.replan, "rows": rows}, indent=2) + "\n")
         return
 
     from benchmarks.common import describe, machine

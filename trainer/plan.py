@@ -221,6 +221,9 @@ def format_plan(plan, fixes) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return
     with exit_on_user_error():
         cfg = compose_config(args)
         plan, planner, layout = plan_config(cfg)
