@@ -162,7 +162,8 @@ def apply_init_from(net, spec: dict) -> None:
 def build_plan(cfg: DictConfig, net, device: Device, world_size: int) -> StrategyPlan:
     return make_plan(typed(StrategyConfig, cfg.strategy), net=net, on_gpu=device.on_gpu, precision=device.precision, world_size=world_size,
                      micro_batch_size=micro_batch_size(cfg.data), accumulate=cfg.trainer.accumulate_grad_batches,
-                     gradient_clip=cfg.trainer.gradient_clip_val)
+                     gradient_clip=cfg.trainer.gradient_clip_val, activation_checkpointing=cfg.trainer.activation_checkpointing,
+                     compile=cfg.trainer.compile)
 
 
 def build_module(cfg: DictConfig, net, plan: StrategyPlan):
@@ -173,7 +174,7 @@ def build_module(cfg: DictConfig, net, plan: StrategyPlan):
     from trainer.module import TrainModule
 
     arguments = {**OmegaConf.to_container(cfg.optim, resolve=True), "max_steps": cfg.trainer.max_steps,
-                 "compile": cfg.trainer.compile, "optimizer_class": plan.optimizer_class}
+                 "compile": cfg.trainer.compile and plan.compile_whole_net, "optimizer_class": plan.optimizer_class}
     if cfg.get("module") is None:
         return TrainModule(net, **arguments)
     params = signature_params(import_target("module", cfg.module._target_))
@@ -205,6 +206,7 @@ def build_checkpointer(cfg: DictConfig, run_dir: RunDir, run_id: str, plan: Stra
         stop_requested=stop_requested,
         debug_pause_in_save_s=c.debug_pause_in_save_s,
         keep_set_aside=c.keep_set_aside,
+        defer_writes=plan.defer_writes if c["async"] else None,  # `async` is a Python keyword: item access
     )
 
 

@@ -44,7 +44,7 @@ class TrainModule(pl.LightningModule):
         self._compiled: nn.Module | None = None
         # Weight decay on matrices (linear and embedding weights) only; not on norms or biases. Decided
         # here, on the plain net: under FSDP the parameters seen by configure_optimizers are flat shards.
-        self._decay_names = {n for n, p in net.named_parameters() if p.dim() >= 2}
+        self._decay_names = {_unwrapped_name(n) for n, p in net.named_parameters() if p.dim() >= 2}
 
     def configure_model(self) -> None:
         # torch.compile is applied from outside the model, after the strategy has wrapped/moved it.

@@ -83,11 +83,14 @@ def hydra_argv(argv: list[str]) -> list[str]:
 def start_run(cfg: DictConfig, argv: list[str]) -> int:
     from trainer.build import check_local_devices
     from trainer.distributed.env import detect
+    from trainer.plan import check_before_launch
     from trainer.prepare import prepare_run
 
     if detect().launcher is None:
         # Before the run dir is touched, and once rather than in every local rank torchrun would start.
         check_local_devices(cfg.trainer)
+    if detect().rank == 0:  # under an external launcher every rank starts here; one check is enough
+        check_before_launch(cfg)
     run = prepare_run(cfg, argv, run_id=_sweep_suffix(cfg.run.id or os.environ.get("TRAINER_RUN_ID") or launcher_run_id()))
     try:
         from trainer.lifecycle.data_check import check_before_training

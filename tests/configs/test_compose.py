@@ -22,7 +22,7 @@ def test_every_experiment_composes_and_validates(experiment):
 def test_every_strategy_option_composes(strategy):
     devices = "1" if strategy == "single" else "2"
     cfg = compose_config([f"strategy={strategy}", f"trainer.devices={devices}"])
-    assert cfg.strategy.name in ("single", "ddp", "fsdp", "deepspeed")
+    assert cfg.strategy.name in ("single", "ddp", "fsdp", "fsdp2", "deepspeed")
 
 
 def test_default_is_the_tiny_cpu_gpt():

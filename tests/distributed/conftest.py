@@ -30,6 +30,15 @@ class Runs:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join((strategy, *extra)))  # a run dir name Hydra can parse
         return self._get(name, f"strategy={strategy}", "trainer.devices=2", *extra)
 
+    def one_session(self, strategy: str, *extra: str) -> Path:
+        """2 ranks, straight to the last step (no stop and resume): for comparing loss curves only."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(("once", strategy, *extra)))
+        if name not in self.done:
+            run = self.root / name
+            ok(train(run, self.cache, f"trainer.max_steps={STEPS}", *LIVE, f"strategy={strategy}", "trainer.devices=2", *extra))
+            self.done[name] = run
+        return self.done[name]
+
     def _get(self, name: str, *args: str) -> Path:
         if name not in self.done:
             run = self.root / name

@@ -21,6 +21,7 @@ TOLERANCE = {
     "deepspeed_zero2": 1e-5,
     "deepspeed_zero3": 1e-4,
     "fsdp": 1e-4,
+    "fsdp2": 1e-4,
     "deepspeed_zero3_offload": 1e-4,
 }
 

@@ -1,8 +1,11 @@
 """The Lightning callback that saves checkpoints on a step cadence, at stop_after_steps, on a
-preemption request and at the end, through the atomic store in checkpoint/store.py."""
+preemption request and at the end, through the atomic store in checkpoint/store.py; with
+`defer_writes` (checkpoint.async=true) the writing and publishing happen in the background
+(checkpoint/async_writer.py)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -12,6 +15,7 @@ from typing import Any, Callable, Iterator
 import pytorch_lightning as pl
 
 from trainer.checkpoint import storage, store
+from trainer.checkpoint.async_writer import BackgroundSaver, DeferredWrites
 from trainer.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,10 @@ class CheckpointManager(pl.Callback):
         stop_requested: Callable[[pl.Trainer], bool] | None = None,
         debug_pause_in_save_s: float = 0.0,
         keep_set_aside: int = 2,
+        defer_writes: Callable[[Any, DeferredWrites, Any], None] | None = None,
     ):
+        """defer_writes: save asynchronously, capturing the strategy's writes this way (the strategy plan's
+        `defer_writes`); None saves synchronously."""
         self.root = Path(root)
         self.every_n_steps, self.keep_last, self.checksum = every_n_steps, keep_last, checksum
         self.save_final, self.stop_after_steps = save_final, stop_after_steps
@@ -46,8 +53,22 @@ class CheckpointManager(pl.Callback):
         self.debug_pause_in_save_s = debug_pause_in_save_s
         self.storage_error: StorageError | None = None  # a save storage refused (checkpoint/storage.py)
         self.keep_set_aside = keep_set_aside
+        self.defer_writes = defer_writes
+        self.saver = BackgroundSaver() if defer_writes is not None else None
+        self._deferred = DeferredWrites()
+        self._group: Any = None  # the background saves' own gloo process group (sharded, world > 1)
 
     # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if self.defer_writes is None:
+            return
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            # Collective on every rank, here in the same order; never shared with the loop's collectives.
+            self._group = dist.new_group(backend="gloo")
+        self.defer_writes(trainer.strategy, self._deferred, self._group)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == self._last_seen_step:
@@ -58,6 +79,7 @@ class CheckpointManager(pl.Callback):
         if preempt or at_stop or step % self.every_n_steps == 0:
             self.save(trainer, step)
         if preempt:
+            self.wait_for_save()  # exit for the requeue only once the checkpoint is published
             self.preempt_saved_at = time.time()
             # Exit right after the save: Lightning validates whenever a callback stops training, which cost
             # the grace period's seconds and left validation rows at a step the schedule never asked for.
@@ -69,44 +91,70 @@ class CheckpointManager(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if self.save_final and self.last_saved_step != trainer.global_step and trainer.global_step > 0:
             self.save(trainer, trainer.global_step)
+        self.wait_for_save()
+
+    def wait_for_save(self) -> None:
+        """Block until an asynchronous save in flight is published (raises its error)."""
+        if self.saver is not None and self.saver.in_flight:
+            log.info("waiting for the checkpoint of step %s to be written", self.last_saved_step)
+        if self.saver is not None:
+            self.saver.wait()
 
     # ------------------------------------------------------------------ saving
     def save(self, trainer: pl.Trainer, step: int) -> Path:
         t0 = time.perf_counter()
         tmp = store.tmp_dir_for(self.root, step)
         final = self.root / store.step_dir_name(step)
+        if self.saver is not None:
+            self.saver.wait()  # one save in flight: the previous one is published before this one starts
         with self._refusals(trainer, step, tmp):  # each phase ends with every rank agreeing it went well
             if trainer.is_global_zero:
                 self.root.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(tmp, ignore_errors=True)  # a partial from a crash at this very step
                 tmp.mkdir(parents=True)
         with self._refusals(trainer, step, tmp):
-            trainer.save_checkpoint(tmp / self.state_name, weights_only=False)  # barriers inside
+            trainer.save_checkpoint(tmp / self.state_name, weights_only=False)  # barriers inside; async: staged only
+        publish = functools.partial(self._publish, tmp, final, step, trainer.world_size, trainer.num_nodes,
+                                    is_zero=trainer.is_global_zero)
+        if self.saver is None:
+            with self._refusals(trainer, step, tmp):
+                publish()
+        else:
+            # Background: storage refusals there surface when the write fails (BackgroundSaver re-raises).
+            self.saver.submit(functools.partial(self._write_and_publish, self._deferred.take(), publish),
+                              name=store.step_dir_name(step))
+        self.last_saved_step = step
+        self.save_seconds.append(time.perf_counter() - t0)  # the time the training loop was blocked
+        return final
+
+    def _write_and_publish(self, writes: list[Callable[[], None]], publish: Callable[[], None]) -> None:
+        """Background: this rank's deferred writes; for shards, every rank's; then publish."""
+        for write in writes:
+            write()
+        if self._group is not None and self.state_name == "state":
+            import torch.distributed as dist
+
+            dist.barrier(group=self._group)  # every rank's shard is on disk before rank 0 writes the manifest
+        publish()
+
+    def _publish(self, tmp: Path, final: Path, step: int, world_size: int, num_nodes: int, *, is_zero: bool) -> None:
+        """After the state is written: rank 0 writes the manifest, renames the directory into place, prunes."""
         if self.debug_pause_in_save_s:
             log.warning("debug: pausing %.1f s inside the save of step %d (before its manifest)", self.debug_pause_in_save_s, step)
             time.sleep(self.debug_pause_in_save_s)
-        with self._refusals(trainer, step, tmp):
-            if trainer.is_global_zero:
-                meta = {
-                    **self.meta,
-                    "world_size": trainer.world_size,
-                    "num_nodes": trainer.num_nodes,
-                    "global_step": step,
-                }
-                if self.state_name == "state":  # sharded: record who wrote what; refuse to publish an incomplete set
-                    from trainer.checkpoint.shards import shard_list
+        if not is_zero:
+            return
+        meta = {**self.meta, "world_size": world_size, "num_nodes": num_nodes, "global_step": step}
+        if self.state_name == "state":  # sharded: record who wrote what; refuse to publish an incomplete set
+            from trainer.checkpoint.shards import shard_list
 
-                    meta["shards"] = shard_list(tmp, self.state_name, self.meta.get("strategy", ""), trainer.world_size,
-                                                self.meta.get("zero_stage"))
-                store.write_manifest(tmp, step=step, state=self.state_name, meta=meta, checksum=self.checksum)
-                store.publish(tmp, final)
-                removed = store.prune(self.root, self.keep_last)
-                for p in removed:
-                    log.debug("pruned old checkpoint %s", p)
-                self._prune_set_aside(step)
-        self.last_saved_step = step
-        self.save_seconds.append(time.perf_counter() - t0)
-        return final
+            meta["shards"] = shard_list(tmp, self.state_name, self.meta.get("strategy", ""), world_size,
+                                        self.meta.get("zero_stage"))
+        store.write_manifest(tmp, step=step, state=self.state_name, meta=meta, checksum=self.checksum)
+        store.publish(tmp, final)
+        for p in store.prune(self.root, self.keep_last):
+            log.debug("pruned old checkpoint %s", p)
+        self._prune_set_aside(step)
 
     def _prune_set_aside(self, step: int) -> None:
         for p in store.prune_set_aside(self.root, self.keep_set_aside, saving_step=step):

@@ -15,6 +15,7 @@ from trainer.config.schema import (
     OptimConfig,
     PathsConfig,
     PipelineConfig,
+    PlanConfig,
     ProfilerConfig,
     PromoteConfig,
     RegistryConfig,
@@ -39,7 +40,7 @@ from trainer.config.validate import (
 
 __all__ = [
     "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DataQualityConfig", "DebugConfig", "DriftConfig", "LauncherConfig",
-    "LoggerConfig", "ObservabilityConfig", "OptimConfig", "PathsConfig", "PipelineConfig", "ProfilerConfig", "PromoteConfig",
+    "LoggerConfig", "ObservabilityConfig", "OptimConfig", "PathsConfig", "PlanConfig", "PipelineConfig", "ProfilerConfig", "PromoteConfig",
     "RegistryConfig", "RunConfig", "StrategyConfig",
     "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "compose_unchecked", "explain_hydra_error", "group_options",
     "import_target", "normalize_overrides", "check_drift_config", "check_pipeline_config", "check_promote_config",

@@ -11,12 +11,14 @@ This module imports nothing of the project: it loads before torch, and every lay
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 # Model constructor arguments that may stay null in the config: the trainer fills them from the data.
 DATA_DERIVED = ("vocab_size", "num_features", "num_classes")
 KERNEL_MODES = ("auto", "fused", "reference")
-STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
+STRATEGIES = ("single", "ddp", "fsdp", "fsdp2", "deepspeed")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+PLAN_CHECKS = ("error", "warn", "off")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 SCHEDULES = ("cosine", "constant")
@@ -50,7 +52,10 @@ class TrainerConfig:
     gradient_clip_val: float = 1.0  # global-norm clipping; 0 turns it off
     val_every_steps: int = 50
     log_every_steps: int = 10
-    compile: bool = False
+    compile: bool = False  # torch.compile: the whole net, or each transformer block under fsdp2
+    # Recompute activations in backward, per transformer block: none | full (keep only each block's input)
+    # | selective (keep matmul and attention outputs, recompute norms, rotary and activations)
+    activation_checkpointing: str = "none"
     progress_bar: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: cores / local ranks)
@@ -69,7 +74,23 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
 
 
+def _keyword_field(name: str, annotation: type, default: Any) -> Callable[[type], type]:
+    """Add a field whose name is a Python keyword (`checkpoint.async`), which a class body cannot spell.
+
+    It is set after construction (init=False); OmegaConf reads, types and fills it like any other field."""
+
+    def add(cls: type) -> type:
+        cls.__annotations__[name] = annotation
+        setattr(cls, name, field(default=default, init=False, repr=False, compare=False))
+        return cls
+
+    return add
+
+
 @dataclass
+# async=true: the loop blocks only to copy the state to host memory; a background thread writes it, and
+# the manifest and the rename follow once the write is complete (trainer/checkpoint/async_writer.py).
+@_keyword_field("async", bool, False)
 class CheckpointConfig:
     every_n_steps: int = 100
     keep_last: int = 3
@@ -86,7 +107,7 @@ class CheckpointConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "single"  # single | ddp | fsdp | deepspeed (configs/strategy/ has one file per choice)
+    name: str = "single"  # single | ddp | fsdp | fsdp2 | deepspeed (configs/strategy/ has one file per choice)
     zero_stage: int = 0  # deepspeed only: 1, 2 or 3
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -98,8 +119,22 @@ class StrategyConfig:
     stage3_param_persistence_threshold: int = 100_000
     fsdp_sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
     fsdp_state_dict: str = "sharded"  # sharded | full
+    # fsdp2: free each block's gathered parameters after its forward (ZeRO-3); false keeps them to backward (ZeRO-2)
+    fsdp2_reshard_after_forward: bool = True
     timeout_s: int = 1800  # collective timeout
     deepspeed_config: Dict[str, Any] = field(default_factory=dict)  # merged over the generated JSON
+
+
+@dataclass
+class PlanConfig:
+    """The memory and time plan (`python -m trainer.plan`), also checked before every launch."""
+
+    check: str = "error"  # error | warn | off: what a launch does when the plan predicts it will not fit
+    device_memory_gb: Optional[float] = None  # per device; None: the visible GPU's, else the table's for plan.device
+    device: Optional[str] = None  # a device name for the table (e.g. "H100 SXM"); None: the visible GPU's name
+    interconnect_gbps: Optional[float] = None  # per-device collective bandwidth, GB/s; None: by device
+    internode_gbps: float = 25.0  # per-device share of the network between nodes, GB/s (400 Gb/s InfiniBand per GPU: 50)
+    mfu: float = 0.4  # the fraction of the dense peak a step reaches, for the time estimate
 
 
 @dataclass
@@ -296,6 +331,7 @@ class TrainConfig:
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     profiler: Optional[ProfilerConfig] = None  # profiler=torch turns it on
     debug: DebugConfig = field(default_factory=DebugConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     model: Any = None  # {_target_: ..., **constructor kwargs}
     data: Any = None  # {_target_: ..., **constructor kwargs}
     module: Any = None  # optional {_target_: a LightningModule} replacing the built-in one

@@ -47,6 +47,7 @@ def validate(cfg: DictConfig) -> None:
     one_of("trainer.precision", t.precision, S.PRECISIONS)
     one_of("trainer.accelerator", t.accelerator, S.ACCELERATORS)
     one_of("strategy.name", s.name, S.STRATEGIES)
+    one_of("trainer.activation_checkpointing", t.activation_checkpointing, S.ACTIVATION_CHECKPOINTING)
     one_of("checkpoint.checksum", c.checksum, S.CHECKSUMS)
     one_of("logger.wandb_mode", cfg.logger.wandb_mode, S.WANDB_MODES)
     positive("checkpoint.every_n_steps", c.every_n_steps)
@@ -60,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     if r.id is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(r.id)):
         raise UserError(f"run.id={r.id!r} may only hold letters, digits, '.', '_' and '-'")
     _validate_strategy(s, t.devices * t.num_nodes)
+    _validate_plan(cfg.plan)
     for section in ("model", "data"):
         if cfg.get(section) is None or "_target_" not in cfg[section]:
             raise UserError(f"the '{section}' config needs a _target_ (a class or factory to build it)")
@@ -86,8 +88,18 @@ def _validate_strategy(s: DictConfig, world: int) -> None:
     if s.name == "single" and world > 1:
         raise UserError(
             f"strategy=single runs one process, but the run asks for {world} (trainer.devices x trainer.num_nodes)."
-            " Pick a distributed strategy: strategy=ddp (or fsdp, deepspeed_zero1/2/3)."
+            " Pick a distributed strategy: strategy=ddp (or fsdp, fsdp2, deepspeed_zero1/2/3)."
         )
+
+
+def _validate_plan(p: DictConfig) -> None:
+    one_of("plan.check", p.check, S.PLAN_CHECKS)
+    for key in ("device_memory_gb", "interconnect_gbps"):
+        if p[key] is not None:
+            positive(f"plan.{key}", p[key])
+    positive("plan.internode_gbps", p.internode_gbps)
+    if not 0.0 < p.mfu <= 1.0:
+        raise UserError(f"plan.mfu must be in (0, 1] (the fraction of the device's peak a step reaches), got {p.mfu}")
 
 
 def validate_observability(o: Any) -> None:

@@ -111,6 +111,20 @@ class TokenDataModule(pl.LightningDataModule):
                         "tokenizer (e.g. data.tokenizer=openai-community/gpt2), or streaming=false."
                     )
 
+    @classmethod
+    def planned_attributes(cls, **kwargs) -> dict:
+        """What the model takes from this data, known from the config alone (the memory plan reads it
+        without building token shards): the byte tokenizer's 256 ids, or the BPE's target vocabulary."""
+        a = with_defaults(cls, kwargs)
+        return {"vocab_size": 256 if a["tokenizer"] == "byte" else int(a["bpe_vocab_size"])}
+
+    @classmethod
+    def example_batch(cls, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch of the shape training uses (token ids, next-token targets), for the memory plan."""
+        a = with_defaults(cls, kwargs)
+        ids = torch.zeros(int(a["batch_size"]), int(a["seq_len"]), dtype=torch.long)
+        return ids, ids.clone()
+
     # --- building -------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:

@@ -64,6 +64,27 @@ def make_deepspeed_strategy(config: dict[str, Any], *, on_gpu: bool, timeout: ti
     return cls(config=config, timeout=timeout, process_group_backend=backend)
 
 
+def defer_engine_writes(strategy, deferred, group=None) -> None:
+    """checkpoint.async=true: DeepSpeed writes every checkpoint file through its engine's checkpoint
+    engine; this one stages each state to host memory and leaves the write for the background."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from trainer.checkpoint.async_writer import stage_to_host
+
+    class StagingCheckpointEngine(TorchCheckpointEngine):
+        def save(self, state_dict, path: str) -> None:
+            staged = stage_to_host(state_dict)
+            deferred.add(lambda: TorchCheckpointEngine.save(self, staged, path))
+
+        def preserves_storage_sharing(self) -> bool:
+            return False  # staging copies each tensor into its own storage (DeepSpeed need not clone first)
+
+    engine = strategy.deepspeed_engine
+    staging = StagingCheckpointEngine()
+    staging.zipfile_serialization = engine.checkpoint_engine.zipfile_serialization
+    engine.checkpoint_engine = staging
+
+
 def _strategy_classes():
     import torch
     from lightning_fabric.utilities.seed import reset_seed
