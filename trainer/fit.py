@@ -35,7 +35,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     from trainer.distributed.preflight import preflight_checks
     from trainer.distributed.process import prepare_rank
     from trainer.tracking import console
-    from trainer.tracking.loggers import wandb_sync_hint
+    from trainer.tracking.loggers import log_summary, wandb_sync_hint
     from trainer.tracking.manifest import update_manifest
     from trainer.tracking.run_dir import RunDir
     from trainer.tracking.summary import run_summary
@@ -91,6 +91,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
             preempt_signal_to_saved_s=checkpointer.preempt_saved_at - preemption.signalled_at if preempted else None,
         )
         update_manifest(rd.path, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
+        log_summary(trainer.loggers, summary)
         console.print_summary(summary, rd.path, wandb_sync_hint(rd.path))
     _shutdown_distributed()
     return code

@@ -2,15 +2,24 @@
 
 Imports nothing of the project but `trainer.errors`; every layer above may use it.
 """
-from trainer.config.compose import CONFIG_DIR, complete_target_sections, compose_config, explain_hydra_error, group_options, normalize_overrides, schema_keys
+from trainer.config.compose import (
+    CONFIG_DIR,
+    complete_target_sections,
+    compose_config,
+    config_dir_overrides,
+    explain_hydra_error,
+    group_options,
+    normalize_overrides,
+    schema_keys,
+    split_config_dir,
+)
 from trainer.config.schema import (
     DATA_DERIVED,
+    RUN_DERIVED,
     CheckpointConfig,
     DebugConfig,
     LauncherConfig,
-    LoggerConfig,
     ObservabilityConfig,
-    OptimConfig,
     PathsConfig,
     ProfilerConfig,
     RunConfig,
@@ -21,8 +30,8 @@ from trainer.config.schema import (
 from trainer.config.validate import check_target, import_target, signature_params, validate, validate_launcher
 
 __all__ = [
-    "CONFIG_DIR", "DATA_DERIVED", "CheckpointConfig", "DebugConfig", "LauncherConfig", "LoggerConfig",
-    "ObservabilityConfig", "OptimConfig", "PathsConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
-    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "explain_hydra_error", "group_options",
-    "import_target", "normalize_overrides", "schema_keys", "signature_params", "validate", "validate_launcher",
+    "CONFIG_DIR", "DATA_DERIVED", "RUN_DERIVED", "CheckpointConfig", "DebugConfig", "LauncherConfig",
+    "ObservabilityConfig", "PathsConfig", "ProfilerConfig", "RunConfig", "StrategyConfig",
+    "TrainConfig", "TrainerConfig", "check_target", "complete_target_sections", "compose_config", "config_dir_overrides", "explain_hydra_error", "group_options",
+    "import_target", "normalize_overrides", "schema_keys", "signature_params", "split_config_dir", "validate", "validate_launcher",
 ]

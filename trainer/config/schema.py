@@ -3,8 +3,10 @@
 Hydra composes configs/train.yaml with its groups and the command line over `TrainConfig`
 (registered in Hydra's ConfigStore as `train_schema`), so an unknown key or a wrong type fails at
 composition. YAML option files say only what differs from these defaults. `model` and `data` are
-open `_target_` sections (the user's own classes plug in there): their schema is the target's
-constructor signature (or its `config_class`), checked in validate.py.
+open `_target_` sections (the user's own classes plug in there), and so are `optim` and `scheduler`
+(`_partial_` targets: any torch.optim class and LR scheduler); their schema is the target's
+constructor signature (or its `config_class`), checked in validate.py. `logger` and `callbacks` are
+named collections of `_target_` entries (an entry set to false or null is off).
 
 This module imports nothing of the project: it loads before torch, and every layer may use it.
 """
@@ -19,9 +21,10 @@ KERNEL_MODES = ("auto", "fused", "reference")
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-SCHEDULES = ("cosine", "constant")
 CHECKSUMS = ("sha256", "size")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
+# Logger constructor arguments that may stay null in the config: the trainer fills them from the run
+# (its folder for that logger, the run's name, W&B id and group, the resolved config).
+RUN_DERIVED = ("save_dir", "name", "id", "group", "config")
 LAUNCHER_KINDS = ("torchrun", "slurm", "k8s")
 RESTART_POLICIES = ("OnFailure", "Always", "ExitCode", "Never")
 
@@ -34,6 +37,8 @@ class RunConfig:
     stop_after_steps: Optional[int] = None  # end after this step with a checkpoint, as an interruption would
     resume: bool = True  # resume from the newest valid checkpoint in the run dir
     resume_from: Optional[str] = None  # an explicit checkpoint directory to start from
+    group: Optional[str] = None  # runs that belong together (the W&B group); None: run.name, or the sweep in -m
+    objective: Optional[str] = None  # in a -m sweep, the run-summary value returned to the sweeper (final_val_loss)
 
 
 @dataclass
@@ -51,19 +56,9 @@ class TrainerConfig:
     progress_bar: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: cores / local ranks)
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with decay on matrices only, linear warmup then cosine to lr * min_lr_ratio."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    warmup_steps: int = 20
-    schedule: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    # Any other pl.Trainer argument, passed through (trainer.extra.limit_val_batches=4); checked against
+    # pl.Trainer's signature, and refused for the ones the settings above (or the trainer itself) own.
+    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,16 +88,6 @@ class StrategyConfig:
     fsdp_state_dict: str = "sharded"  # sharded | full
     timeout_s: int = 1800  # collective timeout
     deepspeed_config: Dict[str, Any] = field(default_factory=dict)  # merged over the generated JSON
-
-
-@dataclass
-class LoggerConfig:
-    wandb: bool = True
-    wandb_mode: str = "auto"  # auto: online with an API key configured, else offline | offline | online | disabled
-    project: str = "trainer"
-    entity: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    csv: bool = True
 
 
 @dataclass
@@ -192,10 +177,12 @@ class TrainConfig:
     kernels: str = "auto"  # auto | fused | reference (trainer/ops)
     run: RunConfig = field(default_factory=RunConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: Any = None  # {_target_: a torch.optim class, _partial_: true, lr: ...}: configs/optim/
+    scheduler: Any = None  # {_target_: an LR scheduler, _partial_: true, ...}, stepped every optimizer step; null: none
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning logger, ...} | false
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning callback, ...} | false
     paths: PathsConfig = field(default_factory=PathsConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     profiler: Optional[ProfilerConfig] = None  # profiler=torch turns it on
