@@ -187,7 +187,7 @@ class WandbLogger(_LightningWandbLogger):
         self._init_timeout_s, self._flush_interval_s = init_timeout_s, flush_interval_s
         self._off = self._mode == "disabled"  # no W&B at all (disabled, or even offline failed)
         self._pending_step: int | None = None  # a row logged but not yet committed
-        self._warned = False
+        self._restarted = False  # started over offline after a failure while logging
 
     @classmethod
     def check_config(cls, mode: str = "auto", init_timeout_s: float = 60.0, flush_interval_s: float = 1.0, **_) -> None:
@@ -251,28 +251,29 @@ class WandbLogger(_LightningWandbLogger):
         where = Path(self._wandb_init.get("dir") or ".") / "wandb"
         self._warn(f"{why}; logging to W&B offline for the rest of this run ({where}; upload later with wandb sync)")
 
-    def _warn(self, message: str) -> None:
-        if not self._warned:
-            self._warned = True
-            log.warning(message)
+    @staticmethod
+    def _warn(message: str) -> None:
+        log.warning(message)  # once per change of state: online -> offline -> off, each happens at most once
 
     def _guarded(self, fn) -> None:
-        """Run a W&B call; on failure switch to offline (once) and retry there, or give W&B up."""
+        """Run a W&B call. On a failure (a lost server, W&B's own service gone) start over offline, once,
+        with the same run id, and retry there; if that fails too, give W&B up for this run."""
         if self._off:
             return
         try:
             fn()
             return
         except Exception as e:  # noqa: BLE001 - W&B never stops training
-            if self._mode != "online" or self._experiment is None:
+            if self._restarted or isinstance(self._experiment, _DummyExperiment):
                 self._off = True
-                self._warn(f"W&B logging failed ({_cause(e)}); continuing without W&B")
+                self._warn(f"W&B logging failed again ({_cause(e)}); continuing without W&B")
                 return
-            self._warn_offline(f"W&B logging failed online ({_cause(e)})")
+            self._warn_offline(f"W&B logging failed ({_cause(e)})")
+        self._restarted = True
         try:
             import wandb
 
-            self._reset(wandb)  # not finish(): it would wait on the network that just failed
+            self._reset(wandb)  # not finish(): it would wait on whatever just failed
             self._experiment = self._init(wandb, "offline")
             fn()
         except Exception as e:  # noqa: BLE001
