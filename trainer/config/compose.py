@@ -87,12 +87,40 @@ def complete_target_sections(cfg: DictConfig) -> None:
     """
     from omegaconf import open_dict
 
+    read_deepspeed_file(cfg)
     for path, node in target_nodes(cfg):
         defaults = target_defaults(import_target(path, node._target_))
         with open_dict(node):
             for key, value in defaults.items():
                 if key not in node:
                     node[key] = value
+
+
+def read_deepspeed_file(cfg: DictConfig) -> None:
+    """`strategy.deepspeed_config=/path/ds.json` (as Lightning and Accelerate take it): the file's JSON
+    object replaces the path, so the frozen config holds what the run used."""
+    import json
+
+    from omegaconf import OmegaConf, open_dict
+
+    strategy = cfg.get("strategy")
+    value = strategy.get("deepspeed_config") if strategy is not None else None
+    if not isinstance(value, str):
+        return
+    path = Path(value).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"strategy.deepspeed_config={value}: no such file (give a DeepSpeed JSON file, or keys: "
+                        "+strategy.deepspeed_config.KEY=VALUE)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"strategy.deepspeed_config={value}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"strategy.deepspeed_config={value} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"strategy.deepspeed_config={value} must hold a JSON object (a DeepSpeed config), got {type(data).__name__}")
+    with open_dict(strategy):
+        strategy.deepspeed_config = OmegaConf.create(data)
 
 
 def _compose(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
@@ -260,6 +288,8 @@ def explain_hydra_error(e: Exception, overrides: Sequence[str]) -> UserError:
         key = getattr(x, "full_key", None)
         if isinstance(x, (ConfigAttributeError, ConfigKeyError)) and key:
             parent, _, leaf = str(key).rpartition(".")
+            if parent == "trainer.extra" and leaf in TRAINER_OWNED:
+                return UserError(f"trainer.extra.{leaf} is set by the trainer itself; use {TRAINER_OWNED[leaf]}")
             others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
             valid = schema_keys(parent) or (target_params(parent, others) if _is_target_node(parent) else []) or []
             hint = closest(leaf, valid) or (f" Valid keys under '{parent}': {', '.join(valid)}." if valid else "")

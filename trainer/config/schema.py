@@ -87,7 +87,9 @@ class StrategyConfig:
     fsdp_sharding: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | NO_SHARD | HYBRID_SHARD
     fsdp_state_dict: str = "sharded"  # sharded | full
     timeout_s: int = 1800  # collective timeout
-    deepspeed_config: Dict[str, Any] = field(default_factory=dict)  # merged over the generated JSON
+    # Merged over the generated DeepSpeed JSON: a mapping, or the path of a JSON file (read when the config is
+    # composed; the frozen config.yaml holds its contents).
+    deepspeed_config: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -152,7 +154,7 @@ class LauncherConfig:
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    cpus_per_task: Optional[int] = None
+    cpus_per_task: Optional[int] = None  # per rank; None: data.num_workers + 1 (its loader workers and itself)
     mem: Optional[str] = None  # e.g. 0 for the whole node, 400G
     signal_seconds: int = 120  # USR1 this long before the time limit: time to save a checkpoint
     requeue: bool = True
@@ -168,6 +170,17 @@ class LauncherConfig:
     wandb_secret: Optional[str] = "wandb"  # Secret holding the W&B key (key: api-key); None: no W&B credentials
     runs_volume_claim: Optional[str] = None  # PVC mounted as the runs dir, shared by every pod and restart
     restart_policy: str = "OnFailure"  # OnFailure | Always | ExitCode | Never
+    # Time a pod gets from SIGTERM (an eviction) to SIGKILL: the step in progress, the preemption
+    # checkpoint and its upload. None: estimated from the checkpoint's size (see launch/k8s.py).
+    termination_grace_s: Optional[int] = None
+    checkpoint_write_mb_s: float = 200.0  # write speed per node assumed by that estimate (a network file system)
+    run_as_user: int = 10001  # the image's unprivileged user (Dockerfile TRAINER_UID); pods never run as root
+    resources: Dict[str, Any] = field(default_factory=dict)  # {requests: {...}, limits: {...}} over the derived ones
+    node_selector: Dict[str, str] = field(default_factory=dict)
+    tolerations: List[Dict[str, Any]] = field(default_factory=list)
+    queue: Optional[str] = None  # a Kueue LocalQueue: the label kueue.x-k8s.io/queue-name
+    labels: Dict[str, str] = field(default_factory=dict)  # extra labels on the job and its pods
+    pod_template: Optional[str] = None  # a YAML file deep-merged over the rendered pod template (containers by name)
     env: Dict[str, str] = field(default_factory=dict)  # extra environment for every rank (no secrets here)
 
 

@@ -83,6 +83,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_strategy(s: DictConfig, world: int) -> None:
+    if not isinstance(s.deepspeed_config, DictConfig):
+        raise UserError(f"strategy.deepspeed_config must be a mapping or the path of a DeepSpeed JSON file, got {s.deepspeed_config!r}")
     if s.zero_stage not in (0, 1, 2, 3):
         raise UserError(f"strategy.zero_stage must be 0 (off), 1, 2 or 3, got {s.zero_stage}")
     if s.name == "deepspeed" and s.zero_stage not in (1, 2, 3):
