@@ -31,7 +31,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     from trainer import build, ops
     from trainer.checkpoint.resume import pick_resume_checkpoint
     from trainer.distributed.env import detect, local_world_size
-    from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker
+    from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker, requeue_slurm_job
     from trainer.distributed.preflight import preflight_checks
     from trainer.distributed.process import prepare_rank
     from trainer.tracking import console
@@ -81,6 +81,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
     if code == REQUEUE_EXIT:
         leave_requeue_marker()
+        requeue_slurm_job(proc.rank)
     if is_zero:
         preempted = checkpointer.stopped_early == "preempted" and preemption.signalled_at and checkpointer.preempt_saved_at
         summary = run_summary(

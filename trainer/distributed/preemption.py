@@ -1,15 +1,20 @@
 """Preemption is a flag, not a save in a signal handler.
 
-SIGTERM (Kubernetes, torchrun shutting down, SLURM at the time limit) and SIGUSR1 (SLURM's
-warning signal, `--signal=USR1@T`) only record that a stop was asked for. At the next step
-boundary every rank agrees (one tiny all-reduce MAX: if any rank was signalled, all stop), then
-all ranks save a checkpoint together and exit with the requeue code.
+SIGTERM (Kubernetes, torchrun shutting down, SLURM at the time limit), SIGUSR1 (SLURM's
+warning signal, `--signal=USR1@T`, as launch.slurm asks for) and SIGUSR2 (submitit's, in Hydra
+sweeps on SLURM) only record that a stop was asked for. At the next step boundary every rank
+agrees (one tiny all-reduce MAX: if any rank was signalled, all stop), then all ranks save a
+checkpoint together and exit with the requeue code. Under SLURM, launch.slurm's batch script
+requeues the job; any other SLURM job (a Hydra submitit sweep, your own sbatch) is requeued by
+rank 0 with `scontrol requeue` once every rank has saved (submitit's own handler, which would
+requeue from rank 0 in the middle of a step, is replaced by the flag's).
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,7 +25,7 @@ REQUEUE_EXIT = 124
 
 
 class PreemptionFlag:
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.signalled_at: float | None = None
@@ -89,3 +94,22 @@ def leave_requeue_marker() -> None:
         except OSError as e:
             log.warning("could not leave the requeue marker %s (%s): the batch script relies on exit code %d",
                         marker, e, REQUEUE_EXIT)
+
+
+def requeue_slurm_job(rank: int, env=os.environ) -> bool:
+    """Rank 0 of a SLURM job that launch.slurm's batch script does not watch: `scontrol requeue` this job
+    (called after every rank has saved). True if it was requeued here."""
+    job = env.get("SLURM_JOB_ID")
+    if rank != 0 or not job or env.get("TRAINER_REQUEUE_BY") == "batch":
+        return False
+    try:
+        out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("could not requeue SLURM job %s (%s): resubmit it to resume from the checkpoint", job, e)
+        return False
+    if out.returncode != 0:
+        log.warning("scontrol requeue %s failed (%s): resubmit it to resume from the checkpoint", job,
+                    (out.stderr or out.stdout).strip())
+        return False
+    log.warning("requeued SLURM job %s: it resumes from this checkpoint", job)
+    return True
