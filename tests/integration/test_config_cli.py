@@ -65,3 +65,21 @@ def test_user_configs_optimizer_schedule_loggers_callbacks_and_trainer_arguments
                if f["rule"] == "compute-bound")
     assert fix.startswith("the CPU is the limit") and "kernels=fused" not in fix and "GPU" not in fix
     assert f"run dir: {run}\n" in proc.stdout and "…" not in proc.stdout  # whole, at a 60-column terminal
+
+
+def test_hparams_search_with_optuna_minimises_the_run_objective(tmp_path, shared_cache):
+    """`-m hparams_search=optuna`: each trial is a run (its own run dir); Optuna gets its final_val_loss."""
+    import yaml
+
+    proc = cli("trainer.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "model.d_model=32",
+               "model.n_layers=1", "model.n_heads=2", "model.seq_len=16", "data.batch_size=4", "data.val_batches=2",
+               "trainer.max_steps=4", "trainer.val_every_steps=2", "checkpoint.every_n_steps=4", "trainer.progress_bar=false",
+               "logger.wandb=false", f"paths.runs_dir={tmp_path}", f"paths.cache_dir={shared_cache}", timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    runs = sorted((tmp_path / "gpt_tiny_cpu").iterdir())
+    assert len(runs) == 2
+    losses = [json.loads((r / "manifest.json").read_text())["summary"]["final_val_loss"] for r in runs]
+    lrs = {yaml.safe_load((r / "config.yaml").read_text())["optim"]["lr"] for r in runs}
+    assert len(lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs)  # sampled from the search space
+    (result,) = tmp_path.glob(".sweeps/*/optimization_results.yaml")
+    assert yaml.safe_load(result.read_text())["best_value"] == pytest.approx(min(losses))

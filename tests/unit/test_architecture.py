@@ -26,7 +26,7 @@ def test_import_layers_contract_is_kept():
         pytest.fail("import-linter is not installed: it is part of the [dev] extra (scripts/test.sh installs it)")
     out = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "1 kept, 0 broken" in out.stdout
+    assert " 0 broken" in out.stdout
 
 
 def _run_dir_literals(path: Path) -> set[str]:
