@@ -242,7 +242,8 @@ class WandbLogger(_LightningWandbLogger):
     def _init(self, wandb, mode: str):
         settings = wandb_settings(self._init_timeout_s if mode == "online" else None,
                                   flush_interval_s=self._flush_interval_s)
-        run = wandb.init(**{**self._wandb_init, "mode": mode}, reinit="create_new", settings=settings)
+        # finish_previous: an earlier run of this process (a -m sweep's previous point) is finished first
+        run = wandb.init(**{**self._wandb_init, "mode": mode}, reinit="finish_previous", settings=settings)
         self._mode = mode
         return run
 
