@@ -22,3 +22,22 @@ def test_a_netrc_key_counts_for_its_own_host_only(tmp_path):
     assert not wandb_has_key(public) and resolve_wandb_mode("auto", public) == "offline"
     other = {"NETRC": str(netrc), "WANDB_BASE_URL": "http://127.0.0.1:8080"}
     assert not wandb_has_key(other)
+
+
+def test_later_tools_find_the_runs_wandb_settings(tmp_path, monkeypatch):
+    """evaluate/export attach to the training run's W&B run through wandb_target (the frozen logger.wandb entry)."""
+    from omegaconf import OmegaConf
+
+    from trainer.tracking.loggers import wandb_target
+    from trainer.tracking.run_dir import RunDir
+
+    rd = RunDir(tmp_path)
+    assert wandb_target(tmp_path) is None  # not a run dir
+    OmegaConf.save(OmegaConf.create({"logger": {"wandb": {"_target_": "x", "project": "p", "entity": None, "mode": "auto",
+                                                          "group": "g", "tags": ["a"]}}}), rd.config)
+    rd.wandb_id.write_text("abcd1234\n")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_target(tmp_path) == {"id": "abcd1234", "project": "p", "entity": None, "group": "g", "tags": ["a"],
+                                      "mode": "offline", "dir": str(tmp_path)}
+    OmegaConf.save(OmegaConf.create({"logger": {"wandb": False}}), rd.config)
+    assert wandb_target(tmp_path) is None

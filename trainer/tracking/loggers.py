@@ -83,6 +83,26 @@ def wandb_run_id(run_dir: Path) -> str:
     return rid
 
 
+def wandb_target(run_dir: Path) -> dict[str, Any] | None:
+    """How a later tool (evaluate, export) attaches to this run dir's W&B run: {id, project, entity, group,
+    tags, mode, dir} from the frozen config's `logger.wandb` entry; None when the run has none (off,
+    disabled) or never started one."""
+    from omegaconf import OmegaConf
+
+    rd = RunDir(Path(run_dir))
+    if not rd.wandb_id.is_file() or not rd.config.is_file():
+        return None
+    node = (OmegaConf.load(rd.config).get("logger") or {}).get("wandb")
+    if not node:
+        return None
+    mode = resolve_wandb_mode(node.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    return {"id": rd.wandb_id.read_text().strip(), "project": node.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            "entity": node.get("entity"), "group": node.get("group"), "tags": list(node.get("tags") or []),
+            "mode": mode, "dir": str(rd.path)}
+
+
 def wandb_sync_hint(run_dir: Path) -> str | None:
     """The command that uploads this run's offline W&B data (every session of it), or None."""
     folder = RunDir(run_dir).wandb
@@ -249,7 +269,7 @@ class WandbLogger(_LightningWandbLogger):
 
     def _warn_offline(self, why: str) -> None:
         self._mode = "offline"
-        where = Path(self._wandb_init.get("dir") or ".") / "wandb"
+        where = RunDir(Path(self._wandb_init.get("dir") or ".")).wandb  # save_dir is the run dir (RunDir.logger_dir)
         self._warn(f"{why}; logging to W&B offline for the rest of this run ({where}; upload later with wandb sync)")
 
     @staticmethod
