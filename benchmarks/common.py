@@ -261,6 +261,19 @@ def plain_lightning_trainer(*, device: str, precision: str, max_steps: int, grad
     )
 
 
+def schedule_factor(cfg):
+    """The run's LR schedule as a factor per step (the hand-written loop applies it itself): the
+    `scheduler` section's own scheduler, built on a throwaway optimizer with lr 1."""
+    import torch
+    from hydra.utils import instantiate
+
+    if cfg.get("scheduler") is None:
+        return lambda step: 1.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = instantiate(cfg.scheduler)(opt)
+    return lambda step: scheduler.lr_lambdas[0](step) if hasattr(scheduler, "lr_lambdas") else 1.0
+
+
 # --------------------------------------------------------------------------- the hand-written loop
 def handwritten_train(
     net,

@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     machine,
     markdown_table,
     quiet,
+    schedule_factor,
     write_json,
 )
 
@@ -102,7 +103,7 @@ def model_tokens_per_s(steps: int = 8, warmup: int = 3) -> tuple[float, dict]:
     o = cfg.optim
     handwritten_train(net, train_tokens=dm.windows("train").tokens(), batch_size=cfg.data.batch_size,
                       seq_len=cfg.model.seq_len, steps=clock.total, device="cpu", bf16=False, lr=o.lr,
-                      lr_factor=module.lr_factor, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
+                      lr_factor=schedule_factor(cfg), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
                       grad_clip=cfg.trainer.gradient_clip_val, clock=clock)
     step = statistics.median(clock.wall)
     return cfg.data.batch_size * cfg.model.seq_len / step, {"threads": torch.get_num_threads(), "step_s": step}

@@ -45,6 +45,7 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     quiet,
     run_ours,
+    schedule_factor,
     write_json,
 )
 
@@ -87,7 +88,7 @@ def run_handwritten(args, workdir: Path) -> dict:
     o = cfg.optim
     loss = handwritten_train(
         net, train_tokens=tokens, batch_size=batch, seq_len=cfg.model.seq_len, steps=clock.total, device=args.device,
-        bf16=True, lr=o.lr, lr_factor=module.lr_factor, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
+        bf16=True, lr=o.lr, lr_factor=schedule_factor(cfg), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
         grad_clip=cfg.trainer.gradient_clip_val, clock=clock, compile=cuda and not args.smoke,
         log_every=cfg.trainer.log_every_steps,
     )

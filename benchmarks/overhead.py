@@ -47,6 +47,7 @@ from benchmarks.common import (  # noqa: E402
     plain_lightning_trainer,
     quiet,
     run_ours,
+    schedule_factor,
     write_json,
 )
 
@@ -67,7 +68,7 @@ def run_variant(name: str, cfg, overrides: list[str], dm, device: str, warmup: i
         o = cfg.optim
         handwritten_train(
             net, train_tokens=dm.windows("train").tokens(), batch_size=cfg.data.batch_size, seq_len=cfg.model.seq_len,
-            steps=total, device=device, bf16=cuda, lr=o.lr, lr_factor=module.lr_factor, weight_decay=o.weight_decay,
+            steps=total, device=device, bf16=cuda, lr=o.lr, lr_factor=schedule_factor(cfg), weight_decay=o.weight_decay,
             betas=o.betas, eps=o.eps, grad_clip=cfg.trainer.gradient_clip_val, clock=clock, log_every=cfg.trainer.log_every_steps,
         )
     else:

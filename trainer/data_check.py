@@ -9,6 +9,7 @@ a `data-check` run. Exit codes: 0 every check passed, 3 a check failed, 2 bad in
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,17 +52,21 @@ def run(args: list[str]) -> int:
 
 
 def _log_to_wandb(cfg, report: dict, out_dir: Path) -> None:
-    from trainer.tracking.loggers import resolve_wandb_mode
+    from trainer.tracking.loggers import DEFAULT_PROJECT, resolve_wandb_mode
 
-    mode = resolve_wandb_mode(cfg.logger.wandb_mode)
-    if not cfg.logger.wandb or mode == "disabled":
+    node = (cfg.get("logger") or {}).get("wandb")  # the run's W&B logger entry (configs/logger/wandb.yaml)
+    if not node:
+        return
+    mode = resolve_wandb_mode(node.get("mode") or "auto")
+    if mode == "disabled":
         return
     try:
         import wandb
 
         from trainer.lifecycle.data_check import wandb_table
 
-        run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, job_type="data-check", mode=mode,
+        run = wandb.init(project=node.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                         entity=node.get("entity"), job_type="data-check", mode=mode,
                          dir=str(out_dir), name=f"data-check/{report['data_fingerprint']}",
                          config={"data": report["source"], "thresholds": report["thresholds"]},
                          settings=wandb.Settings(console="off", save_code=False, disable_git=True, silent=True))

@@ -32,11 +32,11 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     from trainer.checkpoint.resume import pick_resume_checkpoint
     from trainer.checkpoint.storage import storage_errors
     from trainer.distributed.env import detect, local_world_size
-    from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker
+    from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker, requeue_slurm_job
     from trainer.distributed.preflight import preflight_checks
     from trainer.distributed.process import prepare_rank
     from trainer.tracking import console
-    from trainer.tracking.loggers import wandb_sync_hint
+    from trainer.tracking.loggers import log_summary, wandb_sync_hint
     from trainer.tracking.manifest import update_manifest
     from trainer.tracking.run_dir import RunDir
     from trainer.tracking.summary import run_summary
@@ -84,12 +84,13 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
-    if is_zero and cfg.logger.log_checkpoint and checkpointer.stopped_early is None and checkpointer.last_saved_step:
+    if is_zero and any(getattr(lg, "log_checkpoint", False) for lg in trainer.loggers) and checkpointer.stopped_early is None and checkpointer.last_saved_step:
         from trainer.tracking.artifacts import log_checkpoint_artifact
 
         log_checkpoint_artifact(trainer.loggers, rd.path, checkpointer.last_saved_step)
     if code == REQUEUE_EXIT:
         leave_requeue_marker()
+        requeue_slurm_job(proc.rank)
     if is_zero:
         preempted = checkpointer.stopped_early == "preempted" and preemption.signalled_at and checkpointer.preempt_saved_at
         summary = run_summary(
@@ -100,6 +101,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
             preempt_signal_to_saved_s=checkpointer.preempt_saved_at - preemption.signalled_at if preempted else None,
         )
         update_manifest(rd.path, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
+        log_summary(trainer.loggers, summary)
         console.print_summary(summary, rd.path, wandb_sync_hint(rd.path))
     _shutdown_distributed()
     return code

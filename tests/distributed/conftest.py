@@ -14,8 +14,7 @@ import pytest
 from tests.distributed.helpers import ok, train
 
 STEPS, SPLIT = 8, 4
-LIVE = ["+module._target_=tests.fixtures.live_weights.LiveWeightsModule", "+module.lr=1e-2",
-        "+module.warmup_steps=1", f"+module.max_steps={STEPS}"]  # = the built-in module's arguments for TINY
+LIVE = ["+module._target_=tests.fixtures.live_weights.LiveWeightsModule"]  # gets the optim and scheduler sections
 
 
 class Runs:

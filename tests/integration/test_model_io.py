@@ -34,7 +34,7 @@ def trained(tmp_path_factory, shared_cache, wandb_env) -> Path:
     """10 steps of the tiny GPT, W&B offline on, the final checkpoint logged as an artifact."""
     run = tmp_path_factory.mktemp("model-io") / "run"
     ok(cli("trainer.train", *TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}", "trainer.max_steps=10",
-           "logger.wandb=true", "logger.log_checkpoint=true", env=wandb_env, timeout=400))
+           "logger.wandb=true", "logger.wandb.log_checkpoint=true", env=wandb_env, timeout=400))
     return run
 
 

@@ -202,7 +202,7 @@ def test_the_wandb_key_secret_appears_nowhere_in_the_run_dir_logs_or_image(image
     r = podman(*run_args(runs, container_cache, names(), "-v", f"{secret}:/run/secrets/wandb:ro",
                          "-e", "WANDB_API_KEY_FILE=/run/secrets/wandb"),
                image, "bash", "-c", script, "trainer",
-               *tiny("secret", 6, "logger.wandb=true", "logger.wandb_mode=offline", "checkpoint.every_n_steps=3"),
+               *tiny("secret", 6, "logger.wandb=true", "logger.wandb.mode=offline", "checkpoint.every_n_steps=3"),
                timeout=600)
     logs = r.stdout + r.stderr
     assert f"key sha256 {hashlib.sha256(key.encode()).hexdigest()}" in logs, logs[-3000:]

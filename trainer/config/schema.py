@@ -3,8 +3,10 @@
 Hydra composes configs/train.yaml with its groups and the command line over `TrainConfig`
 (registered in Hydra's ConfigStore as `train_schema`), so an unknown key or a wrong type fails at
 composition. YAML option files say only what differs from these defaults. `model` and `data` are
-open `_target_` sections (the user's own classes plug in there): their schema is the target's
-constructor signature (or its `config_class`), checked in validate.py.
+open `_target_` sections (the user's own classes plug in there), and so are `optim` and `scheduler`
+(`_partial_` targets: any torch.optim class and LR scheduler); their schema is the target's
+constructor signature (or its `config_class`), checked in validate.py. `logger` and `callbacks` are
+named collections of `_target_` entries (an entry set to false or null is off).
 
 This module imports nothing of the project: it loads before torch, and every layer may use it.
 """
@@ -21,9 +23,10 @@ ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 PLAN_CHECKS = ("error", "warn", "off")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-SCHEDULES = ("cosine", "constant")
 CHECKSUMS = ("sha256", "size")
-WANDB_MODES = ("auto", "offline", "online", "disabled")
+# Logger constructor arguments that may stay null in the config: the trainer fills them from the run
+# (its folder for that logger, the run's name, W&B id and group, the resolved config).
+RUN_DERIVED = ("save_dir", "name", "id", "group", "config")
 LAUNCHER_KINDS = ("torchrun", "slurm", "k8s")
 RESTART_POLICIES = ("OnFailure", "Always", "ExitCode", "Never")
 
@@ -39,6 +42,8 @@ class RunConfig:
     # One job per run dir (tracking/run_lock.py): a lock holder on another host (or container) that has not
     # refreshed its heartbeat for this long is presumed dead and its lock is taken over.
     lock_stale_after_s: float = 120.0
+    group: Optional[str] = None  # runs that belong together (the W&B group); None: run.name, or the sweep in -m
+    objective: Optional[str] = None  # in a -m sweep, the run-summary value returned to the sweeper (final_val_loss)
 
 
 @dataclass
@@ -59,19 +64,9 @@ class TrainerConfig:
     progress_bar: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: cores / local ranks)
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with decay on matrices only, linear warmup then cosine to lr * min_lr_ratio."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    warmup_steps: int = 20
-    schedule: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    # Any other pl.Trainer argument, passed through (trainer.extra.limit_val_batches=4); checked against
+    # pl.Trainer's signature, and refused for the ones the settings above (or the trainer itself) own.
+    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def _keyword_field(name: str, annotation: type, default: Any) -> Callable[[type], type]:
@@ -122,7 +117,9 @@ class StrategyConfig:
     # fsdp2: free each block's gathered parameters after its forward (ZeRO-3); false keeps them to backward (ZeRO-2)
     fsdp2_reshard_after_forward: bool = True
     timeout_s: int = 1800  # collective timeout
-    deepspeed_config: Dict[str, Any] = field(default_factory=dict)  # merged over the generated JSON
+    # Merged over the generated DeepSpeed JSON: a mapping, or the path of a JSON file (read when the config is
+    # composed; the frozen config.yaml holds its contents).
+    deepspeed_config: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -135,17 +132,6 @@ class PlanConfig:
     interconnect_gbps: Optional[float] = None  # per-device collective bandwidth, GB/s; None: by device
     internode_gbps: float = 25.0  # per-device share of the network between nodes, GB/s (400 Gb/s InfiniBand per GPU: 50)
     mfu: float = 0.4  # the fraction of the dense peak a step reaches, for the time estimate
-
-
-@dataclass
-class LoggerConfig:
-    wandb: bool = True
-    wandb_mode: str = "auto"  # auto: online with an API key configured, else offline | offline | online | disabled
-    project: str = "trainer"
-    entity: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    csv: bool = True
-    log_checkpoint: bool = False  # log the final checkpoint as a W&B artifact model-<id> (exports always are)
 
 
 @dataclass
@@ -210,7 +196,7 @@ class LauncherConfig:
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    cpus_per_task: Optional[int] = None
+    cpus_per_task: Optional[int] = None  # per rank; None: data.num_workers + 1 (its loader workers and itself)
     mem: Optional[str] = None  # e.g. 0 for the whole node, 400G
     signal_seconds: int = 120  # USR1 this long before the time limit: time to save a checkpoint
     requeue: bool = True
@@ -226,6 +212,17 @@ class LauncherConfig:
     wandb_secret: Optional[str] = "wandb"  # Secret holding the W&B key (key: api-key); None: no W&B credentials
     runs_volume_claim: Optional[str] = None  # PVC mounted as the runs dir, shared by every pod and restart
     restart_policy: str = "OnFailure"  # OnFailure | Always | ExitCode | Never
+    # Time a pod gets from SIGTERM (an eviction) to SIGKILL: the step in progress, the preemption
+    # checkpoint and its upload. None: estimated from the checkpoint's size (see launch/k8s.py).
+    termination_grace_s: Optional[int] = None
+    checkpoint_write_mb_s: float = 200.0  # write speed per node assumed by that estimate (a network file system)
+    run_as_user: int = 10001  # the image's unprivileged user (Dockerfile TRAINER_UID); pods never run as root
+    resources: Dict[str, Any] = field(default_factory=dict)  # {requests: {...}, limits: {...}} over the derived ones
+    node_selector: Dict[str, str] = field(default_factory=dict)
+    tolerations: List[Dict[str, Any]] = field(default_factory=list)
+    queue: Optional[str] = None  # a Kueue LocalQueue: the label kueue.x-k8s.io/queue-name
+    labels: Dict[str, str] = field(default_factory=dict)  # extra labels on the job and its pods
+    pod_template: Optional[str] = None  # a YAML file deep-merged over the rendered pod template (containers by name)
     env: Dict[str, str] = field(default_factory=dict)  # extra environment for every rank (no secrets here)
 
 
@@ -323,10 +320,12 @@ class TrainConfig:
     kernels: str = "auto"  # auto | fused | reference (trainer/ops)
     run: RunConfig = field(default_factory=RunConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: Any = None  # {_target_: a torch.optim class, _partial_: true, lr: ...}: configs/optim/
+    scheduler: Any = None  # {_target_: an LR scheduler, _partial_: true, ...}, stepped every optimizer step; null: none
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning logger, ...} | false
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> {_target_: a Lightning callback, ...} | false
     paths: PathsConfig = field(default_factory=PathsConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     profiler: Optional[ProfilerConfig] = None  # profiler=torch turns it on

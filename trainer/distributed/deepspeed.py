@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytorch_lightning as pl
+
 from trainer.config import StrategyConfig
 
 # Lightning sets this from Trainer(accumulate_grad_batches=...) and refuses it in the config.
@@ -119,3 +121,26 @@ def _strategy_classes():
             return torch.device("cpu", self.local_rank)
 
     return TrainerDeepSpeedStrategy, CPUDeepSpeedStrategy
+
+
+
+class EngineMetrics(pl.Callback):
+    """DeepSpeed clips inside its engine's step: the global norm it computed (before clipping) and, under
+    fp16, its loss scale are read after each optimizer step and logged with that step's row
+    (train/grad_norm, train/loss_scale)."""
+
+    def __init__(self) -> None:
+        self._step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step:
+            return  # inside an accumulation window: no step yet
+        self._step = trainer.global_step
+        engine = getattr(trainer.strategy, "deepspeed_engine", None)
+        if engine is None:
+            return
+        norm = engine.get_global_grad_norm()
+        if norm is not None:
+            pl_module.log("train/grad_norm", float(norm), on_step=True, on_epoch=False)
+        if engine.fp16_enabled():
+            pl_module.log("train/loss_scale", float(engine.optimizer.loss_scale), on_step=True, on_epoch=False)

@@ -1,9 +1,13 @@
 """Preemption is a flag, not a save in a signal handler.
 
-SIGTERM (Kubernetes, torchrun shutting down, SLURM at the time limit) and SIGUSR1 (SLURM's
-warning signal, `--signal=USR1@T`) only record that a stop was asked for. At the next step
-boundary every rank agrees (one tiny all-reduce MAX: if any rank was signalled, all stop), then
-all ranks save a checkpoint together and exit with the requeue code.
+SIGTERM (Kubernetes, torchrun shutting down, SLURM at the time limit), SIGUSR1 (SLURM's
+warning signal, `--signal=USR1@T`, as launch.slurm asks for) and SIGUSR2 (submitit's, in Hydra
+sweeps on SLURM) only record that a stop was asked for. At the next step boundary every rank
+agrees (one tiny all-reduce MAX: if any rank was signalled, all stop), then all ranks save a
+checkpoint together and exit with the requeue code. Under SLURM, launch.slurm's batch script
+requeues the job; any other SLURM job (a Hydra submitit sweep, your own sbatch) is requeued by
+rank 0 with `scontrol requeue` once every rank has saved (submitit's own handler, which would
+requeue from rank 0 in the middle of a step, is replaced by the flag's).
 
 Before training starts there is nothing to save and maybe no step boundary to wait for (a rank
 blocked in the process group's start-up on a peer that died, where Python signal handlers never
@@ -17,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -29,7 +34,7 @@ REQUEUE_EXIT = 124
 
 
 class PreemptionFlag:
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.signalled_at: float | None = None
@@ -144,3 +149,22 @@ def exit_now_in_start_up(signal_name: str) -> None:
     leave_requeue_marker()
     record_exit(REQUEUE_EXIT)
     os._exit(REQUEUE_EXIT)  # no teardown: the process group may be half-built, with a peer gone
+
+
+def requeue_slurm_job(rank: int, env=os.environ) -> bool:
+    """Rank 0 of a SLURM job that launch.slurm's batch script does not watch: `scontrol requeue` this job
+    (called after every rank has saved). True if it was requeued here."""
+    job = env.get("SLURM_JOB_ID")
+    if rank != 0 or not job or env.get("TRAINER_REQUEUE_BY") == "batch":
+        return False
+    try:
+        out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("could not requeue SLURM job %s (%s): resubmit it to resume from the checkpoint", job, e)
+        return False
+    if out.returncode != 0:
+        log.warning("scontrol requeue %s failed (%s): resubmit it to resume from the checkpoint", job,
+                    (out.stderr or out.stdout).strip())
+        return False
+    log.warning("requeued SLURM job %s: it resumes from this checkpoint", job)
+    return True

@@ -5,7 +5,8 @@
 - activation checkpointing of each transformer block, applied to the net before any wrapping;
 - how gradients are clipped: one implementation per family, chosen here
   (torch's global norm for single/ddp and over FSDP2's DTensors, FSDP's sharded global norm,
-  DeepSpeed's engine);
+  DeepSpeed's engine), and the gradient norm before clipping logged from it (train/grad_norm;
+  DeepSpeed also train/loss_scale);
 - the extra callbacks the strategy needs;
 - the checkpoint layout (one file or per-rank shards) and the metadata recorded with it;
 - optimizer substitutions (DeepSpeed's CPU Adam when the optimizer state is offloaded);
@@ -34,7 +35,7 @@ from trainer.errors import UserError
 class StrategyPlan:
     name: str  # single | ddp | fsdp | fsdp2 | deepspeed
     lightning_strategy: Any  # what pl.Trainer(strategy=...) takes
-    callbacks: list = field(default_factory=list)  # strategy-specific callbacks (gradient clipping)
+    callbacks: list = field(default_factory=list)  # strategy-specific callbacks (gradient clipping and norm)
     sharded_checkpoint: bool = False  # the state is a directory of per-rank shards, not one file
     checkpoint_meta: dict = field(default_factory=dict)  # recorded in every checkpoint's manifest
     optimizer_class: Optional[Callable[..., Any]] = None  # replaces the module's AdamW (None: keep it)
@@ -111,7 +112,7 @@ def make_plan(
                             compile_whole_net=False,
                             defer_writes=functools.partial(defer_distributed_checkpoint, weights_key="state_dict"))
     if s.name == "deepspeed":
-        from trainer.distributed.deepspeed import deepspeed_json, defer_engine_writes, make_deepspeed_strategy
+        from trainer.distributed.deepspeed import EngineMetrics, deepspeed_json, defer_engine_writes, make_deepspeed_strategy
 
         ds = deepspeed_json(s, micro_batch_size=micro_batch_size, accumulate=accumulate,
                             gradient_clip=gradient_clip, precision=precision)  # clipping happens inside the engine
@@ -122,32 +123,40 @@ def make_plan(
 
             optimizer_class = functools.partial(DeepSpeedCPUAdam, adamw_mode=True)
         return StrategyPlan("deepspeed", make_deepspeed_strategy(ds, on_gpu=on_gpu, timeout=timeout, backend=backend),
-                            sharded_checkpoint=True, checkpoint_meta={"strategy": "deepspeed", "zero_stage": s.zero_stage},
+                            callbacks=[EngineMetrics()], sharded_checkpoint=True, checkpoint_meta={"strategy": "deepspeed", "zero_stage": s.zero_stage},
                             optimizer_class=optimizer_class, deepspeed_config=ds, defer_writes=defer_engine_writes)
     raise UserError(f"unknown strategy {s.name!r}")  # validate() names the choices; a new strategy is added here
 
 
 # --------------------------------------------------------------------------- gradient clipping
-def torch_global_norm(trainer, pl_module, max_norm: float) -> None:
-    """Global-norm clipping over every parameter this process holds whole (single, ddp)."""
+def torch_global_norm(trainer, pl_module, max_norm: float):
+    """Global-norm clipping over every parameter this process holds whole (single, ddp); returns the
+    norm before clipping. max_norm=inf measures only."""
+    import math
+
     import torch
 
-    torch.nn.utils.clip_grad_norm_(pl_module.parameters(), max_norm)
+    if math.isinf(max_norm):
+        return torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters() if p.grad is not None])
+    return torch.nn.utils.clip_grad_norm_(pl_module.parameters(), max_norm)
 
 
-def _clipping(clip: Callable[[Any, Any, float], None], max_norm: float) -> list:
-    """The clipping callback for a family's clip function; [] when clipping is off.
+def _clipping(clip: Callable[[Any, Any, float], Any], max_norm: float) -> list:
+    """The clipping callback for a family's clip function: clips to max_norm (0: measures only) and
+    logs the global gradient norm before clipping as train/grad_norm.
 
     It runs where Lightning's own clipping would, after the (last) backward of a step and after a
     16-mixed GradScaler has unscaled, before the optimizer step. Lightning's clipping is not used:
     its precision plugins refuse the fused AdamW (bf16) and norm clipping under FSDP.
     """
-    if not max_norm:
-        return []
+    import math
+
     import pytorch_lightning as pl
 
     class GradientClipping(pl.Callback):
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-            clip(trainer, pl_module, max_norm)
+            norm = clip(trainer, pl_module, max_norm or math.inf)
+            if norm is not None:  # a tensor: read only when the loggers write (no per-step device sync)
+                pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     return [GradientClipping()]

@@ -1,6 +1,6 @@
 """W&B model artifacts and evaluation summaries, on the training run's own W&B run.
 
-An HF export (and, with logger.log_checkpoint=true, the final checkpoint) is logged as a new
+An HF export (and, with logger.wandb.log_checkpoint=true, the final checkpoint) is logged as a new
 version of the artifact `model-<W&B run id>` (type `model`), as an output of that run: the
 lineage W&B shows. Aliases: `latest` and `step-<N>` always, `best` when its validation loss
 (from `<run_dir>/eval/*.json` or the run summary) is the lowest of the versions logged so far

@@ -81,7 +81,7 @@ def print_start(run_dir: Path, run_id: str, run_name: str, strategy: str, net, d
             stats = datamodule.corpus_stats()
         except Exception:  # noqa: BLE001
             stats = {}
-    console.print(f"[bold]run[/bold] {run_name}/{run_id}  dir: {run_dir}")
+    console.print(f"[bold]run[/bold] {run_name}/{run_id}  dir: {run_dir}", soft_wrap=True)
     line = (
         f"model {type(net).__name__} {n_params / 1e6:.2f}M params | world {world} | global batch {global_batch}"
         f" | precision {precision} | strategy {strategy} | kernels {kernel_mode}"
@@ -116,14 +116,15 @@ def print_summary(summary: dict[str, Any], run_dir: Path, sync_hint: str | None)
         ("final val loss", summary.get("final_val_loss")),
         ("unigram entropy (nats)", summary.get("unigram_entropy_nats")),
         ("stopped", summary.get("stopped")),
-        ("run dir", str(run_dir)),
     ]
     for k, v in rows:
         if v is not None:
             table.add_row(k, _fmt(v))
     console.print(table)
+    # Paths on lines of their own, never wrapped or cut ("…") at the terminal's width: users copy them.
+    console.print(f"run dir: {run_dir}", soft_wrap=True, highlight=False)
     val, ent = summary.get("final_val_loss"), summary.get("unigram_entropy_nats")
     if val is not None and ent is not None and not math.isnan(val):
         console.print(f"val loss {val:.4f} vs unigram entropy {ent:.4f} nats ({'below' if val < ent else 'NOT below'})")
     if sync_hint:
-        console.print(f"W&B ran offline; to upload: {sync_hint}")
+        console.print(f"W&B ran offline; to upload: {sync_hint}", soft_wrap=True)

@@ -81,6 +81,15 @@ class RunDir:
         return self.path / "wandb_artifacts.json"
 
     @property
+    def tensorboard(self) -> Path:  # TensorBoard event files (logger=[...,tensorboard])
+        return self.path / "tensorboard"
+
+    def logger_dir(self, name: str) -> Path:
+        """The save_dir of the logger named `name` in the config: csv/ for the CSV log, the run dir itself
+        for W&B (which makes its own wandb/ there), else a folder named after the logger."""
+        return {"csv": self.csv, "wandb": self.path, "tensorboard": self.tensorboard}.get(name, self.path / name)
+
+    @property
     def profiler(self) -> Path:  # torch.profiler traces and top-kernel tables
         return self.path / "profiler"
 
