@@ -193,7 +193,25 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir, net, plan: StrategyPlan, c
         # launcher.local_addr / rdzv_is_host differ per node by design (multi-node torchrun): not compared
         shared = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "launcher"}
         callbacks.append(RankAgreementCheck(shared))
-    return callbacks + list(extra)
+    return skip_unused_batch_hooks(callbacks + list(extra))
+
+
+# The hooks Lightning calls on every callback for every batch. A callback that does not override one
+# still costs a dispatch each time (a profiler context and a call); Lightning skips a hook attribute
+# that is not callable.
+PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+                   "on_before_optimizer_step", "on_before_zero_grad")
+
+
+def skip_unused_batch_hooks(callbacks: list) -> list:
+    """Blank (on the instance) each per-batch hook a callback leaves as Lightning's no-op."""
+    import pytorch_lightning as pl
+
+    for callback in callbacks:
+        for hook in PER_BATCH_HOOKS:
+            if getattr(type(callback), hook, None) is getattr(pl.Callback, hook):
+                setattr(callback, hook, None)
+    return callbacks
 
 
 def _observability_callbacks(cfg: DictConfig, run_dir: RunDir, net) -> list:

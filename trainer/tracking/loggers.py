@@ -140,6 +140,11 @@ def _make_wandb(run_dir: Path, *, run_name: str, mode: str, project: str, entity
 
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")  # our console output stays ours
+    if mode != "online":
+        # W&B (0.31) builds an OpenTelemetry exporter at the first logged metric even offline: ~160 ms of
+        # imports on the training thread, then a thread that posts its own telemetry to W&B's servers
+        # every 60 s. An offline run sends nothing.
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     try:
         return SafeWandbLogger(
             project=project,
