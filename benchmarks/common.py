@@ -301,6 +301,7 @@ def handwritten_train(
     grad_clip: float,
     clock: StepClock,
     compile: bool = False,
+    compile_mode: str = "default",
     log_every: int = 10,
     seed: int = 1337,
 ) -> float:
@@ -328,7 +329,7 @@ def handwritten_train(
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=cuda or None)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and bf16) else contextlib.nullcontext()
     model.train()
     lossf = float("nan")

@@ -83,6 +83,7 @@ def run_variant(name: str, cfg, overrides: list[str], dm, device: str, warmup: i
             net, train_tokens=dm.windows("train").tokens(), batch_size=cfg.data.batch_size, seq_len=cfg.model.seq_len,
             steps=total, device=device, bf16=cuda, lr=o.lr, lr_factor=module.lr_factor, weight_decay=o.weight_decay,
             betas=o.betas, eps=o.eps, grad_clip=cfg.trainer.gradient_clip_val, clock=clock, log_every=cfg.trainer.log_every_steps,
+            compile=cfg.trainer.compile, compile_mode=cfg.trainer.compile_mode,
         )
     else:
         trainer = plain_lightning_trainer(device=device, precision="bf16-mixed" if cuda else "32-true", max_steps=total,
@@ -103,6 +104,9 @@ def main() -> None:
     ap.add_argument("--metric", choices=("wall", "cpu"), default=None,
                     help="the headline: wall (default: the mean wall time per step, i.e. throughput) or cpu "
                          "(the median process CPU time per step)")
+    ap.add_argument("--compile", default=None, metavar="MODE",
+                    help="torch.compile the model in every variant with this mode (default, reduce-overhead: the "
+                         "step's forward and backward replayed as CUDA graphs, ...)")
     ap.add_argument("--ablate", action="store_true",
                     help=f"also run ours with features off: {', '.join(ABLATIONS)} (names where ours' extra time goes)")
     ap.add_argument("--json", default=None)
@@ -118,6 +122,8 @@ def main() -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     total = args.warmup + args.steps
     overrides = [*(NANO if args.model == "nano" else []), f"trainer.max_steps={total}", *args.overrides]
+    if args.compile:
+        overrides += ["trainer.compile=true", f"trainer.compile_mode={args.compile}"]
     if device == "cuda":
         overrides.append("trainer.accelerator=gpu")
     else:
@@ -161,6 +167,7 @@ def main() -> None:
         "load_avg_1m_during": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
         "device": device,
         "model": args.model,
+        "compile": args.compile,
         "shape": {k: cfg.model[k] for k in ("d_model", "n_layers", "n_heads", "seq_len")} | {"batch_size": cfg.data.batch_size},
         "threads": args.threads if device == "cpu" else None,
         "rounds": args.rounds, "timed_steps": args.steps, "warmup_steps": args.warmup,
@@ -193,6 +200,7 @@ def main() -> None:
                             "median wall ratio", "median CPU/step (ms)", "CPU ratio (paired)",
                             "CPU incl. children ratio", "main thread: on CPU (ms)", "run queue (ms)", "blocked (ms)"], rows)
     print(f"\n{describe(info)}\ndevice {device}, model {args.model} {summary['shape']}, "
+          f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}, "
           f"{args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up) per variant"
           + (f", {args.threads} torch thread(s)" if device == "cpu" else ""))
     print(table)
@@ -209,7 +217,8 @@ def main() -> None:
     write_json(args.json, summary)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(f"overhead, {describe(info)}, device {device}, model {args.model}\n\n{table}\n\n"
+        Path(args.table).write_text(f"overhead, {describe(info)}, device {device}, model {args.model}, "
+                                    f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}\n\n{table}\n\n"
                                     f"ours - hand-written ({metric} time): {summary['host_overhead_us_per_step']:.0f} us/step\n")
     if args.plot:
         _plot(results, summary, args.plot)

@@ -142,7 +142,8 @@ def build_module(cfg: DictConfig, net, plan: StrategyPlan):
     from trainer.module import TrainModule
 
     arguments = {**OmegaConf.to_container(cfg.optim, resolve=True), "max_steps": cfg.trainer.max_steps,
-                 "compile": cfg.trainer.compile, "optimizer_class": plan.optimizer_class}
+                 "compile": cfg.trainer.compile, "compile_mode": cfg.trainer.compile_mode,
+                 "optimizer_class": plan.optimizer_class}
     if cfg.get("module") is None:
         return TrainModule(net, **arguments)
     params = signature_params(import_target("module", cfg.module._target_))

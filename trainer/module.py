@@ -29,6 +29,7 @@ class TrainModule(pl.LightningModule):
         min_lr_ratio: float,
         max_steps: int,
         compile: bool = False,
+        compile_mode: str = "default",
         optimizer_class: Callable[..., torch.optim.Optimizer] | None = None,
     ):
         """The optimizer settings are the `optim` section (trainer/config/schema.py OptimConfig holds the
@@ -39,17 +40,25 @@ class TrainModule(pl.LightningModule):
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, tuple(betas), eps
         self.warmup_steps, self.schedule, self.min_lr_ratio = warmup_steps, schedule, min_lr_ratio
         self.max_steps = max_steps
-        self.compile = compile
+        self.compile, self.compile_mode = compile, compile_mode
         self.optimizer_class = optimizer_class
         self._compiled: nn.Module | None = None
         # Weight decay on matrices (linear and embedding weights) only; not on norms or biases. Decided
         # here, on the plain net: under FSDP the parameters seen by configure_optimizers are flat shards.
         self._decay_names = {n for n, p in net.named_parameters() if p.dim() >= 2}
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets _current_fx_name around every hook call (~50 times a step); nn.Module's
+        # __setattr__ checks each value against Parameter, Module and buffer first (~6 us each here).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def configure_model(self) -> None:
         # torch.compile is applied from outside the model, after the strategy has wrapped/moved it.
         if self.compile and self._compiled is None:
-            self._compiled = torch.compile(self.net)
+            self._compiled = torch.compile(self.net, mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def forward(self, inputs, targets=None):
         net = self._compiled if self._compiled is not None else self.net

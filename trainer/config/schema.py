@@ -19,6 +19,9 @@ KERNEL_MODES = ("auto", "fused", "reference")
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+# torch.compile modes: reduce-overhead replays the compiled forward and backward as CUDA graphs (shapes
+# are static here), max-autotune also benchmarks matmul kernels at compile time (minutes).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULES = ("cosine", "constant")
 CHECKSUMS = ("sha256", "size")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
@@ -48,6 +51,7 @@ class TrainerConfig:
     val_every_steps: int = 50
     log_every_steps: int = 10
     compile: bool = False
+    compile_mode: str = "default"  # with compile: one of COMPILE_MODES
     progress_bar: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: cores / local ranks)

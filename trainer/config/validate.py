@@ -46,6 +46,9 @@ def validate(cfg: DictConfig) -> None:
     one_of("kernels", cfg.kernels, S.KERNEL_MODES)
     one_of("trainer.precision", t.precision, S.PRECISIONS)
     one_of("trainer.accelerator", t.accelerator, S.ACCELERATORS)
+    one_of("trainer.compile_mode", t.compile_mode, S.COMPILE_MODES)
+    if t.compile_mode != "default" and not t.compile:
+        raise UserError(f"trainer.compile_mode={t.compile_mode} applies to a compiled model: add trainer.compile=true")
     one_of("strategy.name", s.name, S.STRATEGIES)
     one_of("checkpoint.checksum", c.checksum, S.CHECKSUMS)
     one_of("logger.wandb_mode", cfg.logger.wandb_mode, S.WANDB_MODES)

@@ -100,10 +100,16 @@ def make_plan(
 
 # --------------------------------------------------------------------------- gradient clipping
 def torch_global_norm(trainer, pl_module, max_norm: float) -> None:
-    """Global-norm clipping over every parameter this process holds whole (single, ddp)."""
+    """Global-norm clipping over every parameter this process holds whole (single, ddp): those its
+    optimizers update, as Lightning's own clipping takes them (walking the module tree for
+    .parameters() every step costs more host time than the clipping's launches)."""
     import torch
 
-    torch.nn.utils.clip_grad_norm_(pl_module.parameters(), max_norm)
+    if trainer is None:
+        params = list(pl_module.parameters())
+    else:
+        params = [p for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def _clipping(clip: Callable[[Any, Any, float], None], max_norm: float) -> list:
