@@ -99,12 +99,17 @@ class StepClock:
     first_step_s: float | None = None  # from start() to the end of step 1 (compilation included)
     wall: list[float] = field(default_factory=list)  # per-step seconds after warm-up
     cpu: list[float] = field(default_factory=list)  # per-step process CPU seconds (all threads)
+    # Where the training (main) thread's wall time went, per step: on a CPU (its own CPU time),
+    # waiting for a CPU (run queue: other threads and processes had it) or neither (blocked: I/O,
+    # a lock, the GIL, a device sync). wall = thread_cpu + runqueue + blocked.
+    thread_cpu: list[float] = field(default_factory=list)
+    runqueue: list[float] = field(default_factory=list)  # empty where /proc/thread-self/schedstat is missing
     window_s: float | None = None  # synchronised wall time of steps warmup+1..total
     window_tree_cpu_s: float | None = None  # CPU time of this process and its children over the window
     peak_mem_gib: float | None = None
     checkpoint_save_s: list[float] = field(default_factory=list)
     _t_start: float = 0.0
-    _last: tuple[float, float] | None = None
+    _last: tuple[float, ...] | None = None
     _window_t0: float = 0.0
     _window_cpu0: float = 0.0
     _seen: int = 0
@@ -123,12 +128,15 @@ class StepClock:
         self._seen = step
         if step == self.warmup or step == self.total:
             self._sync()
-        now = (time.perf_counter(), time.process_time())
+        now = (time.perf_counter(), time.process_time(), time.thread_time(), runqueue_s())
         if step == 1:
             self.first_step_s = now[0] - self._t_start
         if step > self.warmup and self._last is not None:
             self.wall.append(now[0] - self._last[0])
             self.cpu.append(now[1] - self._last[1])
+            self.thread_cpu.append(now[2] - self._last[2])
+            if now[3] is not None and self._last[3] is not None:
+                self.runqueue.append(now[3] - self._last[3])
         if step == self.warmup:
             self._window_t0, self._window_cpu0 = now[0], tree_cpu_s()
         if step == self.total:
@@ -164,7 +172,30 @@ class StepClock:
             "checkpoint_save_s": list(self.checkpoint_save_s),
             "step_s": list(self.wall),
             "cpu_step_s": list(self.cpu),
+            "thread_cpu_step_s": list(self.thread_cpu),
+            "runqueue_step_s": list(self.runqueue),
+            "wall_split": wall_split(self.wall, self.thread_cpu, self.runqueue),
         }
+
+
+def runqueue_s() -> float | None:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat), or None."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wall_split(wall: list[float], thread_cpu: list[float], runqueue: list[float]) -> dict[str, float | None]:
+    """Mean per-step split of the main thread's wall time: its own CPU, waiting in the run queue,
+    and blocked (the rest)."""
+    if not wall:
+        return {"thread_cpu_s": None, "runqueue_s": None, "blocked_s": None}
+    n = len(wall)
+    cpu = sum(thread_cpu) / n
+    rq = sum(runqueue) / n if len(runqueue) == n else None
+    return {"thread_cpu_s": cpu, "runqueue_s": rq, "blocked_s": (sum(wall) / n - cpu - rq) if rq is not None else None}
 
 
 def tree_cpu_s() -> float:
@@ -292,6 +323,7 @@ def handwritten_train(
     grad_clip: float,
     clock: StepClock,
     compile: bool = False,
+    compile_mode: str = "default",
     log_every: int = 10,
     seed: int = 1337,
 ) -> float:
@@ -319,7 +351,7 @@ def handwritten_train(
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=cuda or None)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and bf16) else contextlib.nullcontext()
     model.train()
     lossf = float("nan")

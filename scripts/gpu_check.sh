@@ -7,10 +7,15 @@
 #      `gpu` test (kernels against float64, model layouts, whole-GPT gradients, NVML),
 #   4. the kernel benchmark (fwd and fwd+bwd per op vs eager and torch.compile, % of copy bandwidth,
 #      linear CE memory and chunk sizes), which writes the auto table candidate,
-#   5. with the time left: scripts/gpu_obs.sh and scripts/gpu_bench.sh (MFU, overhead, 1.1B ZeRO-2).
+#   5. with the time left: scripts/gpu_obs.sh and scripts/gpu_bench.sh (rows in priority order: GPT-2-124M
+#      hand-written vs ours with the same ops, tiny-model overhead, ours with kernels=auto and fused, CUDA
+#      graphs, the 1.1B model on one GPU, MFU variants; benchmarks/mfu.py --list).
+# GPU_CHECK_PARTS=perf runs only 1, 2 and 5 (the trainer-level benchmarks get the whole budget): the
+# second run of a session whose first run left benchmark rows skipped.
 # A step that fails is recorded and the next one still runs; each has a time limit inside the budget.
 # $OUT (default ./gpu_out) receives: summary.md (read this), convergence.json, kernels_bench.json,
-# kernels_bench.md, auto_table_candidate.json, gpu_logs.tgz (every log and JUnit XML).
+# kernels_bench.md, auto_table_candidate.json, bench/ (mfu.json, overhead_gpu*.json and their tables: the
+# raw results to commit under docs/gpu/), gpu_logs.tgz (every log and JUnit XML).
 #   bash scripts/gpu_wheels.sh                 # here, once: fills the git-ignored .devwheels/
 #   OUT=/tmp/gpu bash scripts/gpu_check.sh     # there, with .devwheels carried along (~8 min)
 # Without CUDA it says so and exits 0 having checked nothing; GPU_CHECK_DRY_RUN=1 then runs the same
@@ -23,6 +28,8 @@ BUDGET=${GPU_BUDGET_S:-480}
 OUT=${OUT:-$PWD/gpu_out}
 WORK=${WORK:-/tmp/gpu_work}
 PYTHON=${PYTHON:-python3}
+PARTS=${GPU_CHECK_PARTS:-all}
+case "$PARTS" in all|perf) ;; *) echo "GPU_CHECK_PARTS=$PARTS: use all or perf"; exit 2 ;; esac
 rm -rf "$WORK"
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 MAX_JOBS=${MAX_JOBS:-16}
@@ -91,12 +98,14 @@ else  # the rehearsal takes the CPU build from the JIT cache ($TRAINER_CACHE), b
   printf '%-12s dry run: the CPU build comes from the cache %s\n' "build" "$TRAINER_CACHE" >> "$WORK/steps.txt"
 fi
 
+if [ "$PARTS" = all ]; then
 # 3. tests: the convergence test first (its curves land in $OUT whatever the outcome)
 pytest=("$PYTHON" -m pytest -q -p no:cacheprovider)
 CONVERGENCE_OUT="$OUT/convergence.json" step convergence 150 \
   "${pytest[@]}" -s --junitxml="$WORK/convergence.xml" tests/gpu/test_convergence_gpu.py
 step gpu_tests 150 "${pytest[@]}" -m gpu --junitxml="$WORK/gpu_tests.xml" \
-  tests/gpu/test_kernels_gpu.py tests/ops/test_kernels_layouts.py tests/ops/test_kernels_model_grads.py
+  tests/gpu/test_kernels_gpu.py tests/ops/test_kernels_layouts.py tests/ops/test_kernels_model_grads.py \
+  tests/gpu/test_step_syncs_gpu.py tests/unit/test_step_overhead.py
 
 # 4. the kernel benchmark: what the auto table is made of
 bench_args=(--out "$WORK/bench_kernels" --budget-s 150); [ $DRY = 1 ] && bench_args+=(--smoke --no-compile)
@@ -104,17 +113,23 @@ step kernel_bench 180 "$PYTHON" benchmarks/kernels.py "${bench_args[@]}"
 for f in kernels_bench.json kernels_bench.md auto_table_candidate.json; do
   [ -f "$WORK/bench_kernels/$f" ] && cp "$WORK/bench_kernels/$f" "$OUT/$f"
 done
+fi
 
 # 5. with what is left: NVML checks, then the trainer-level benchmarks
 if [ $DRY = 0 ]; then
-  OUT="$WORK" step obs 60 bash scripts/gpu_obs.sh
+  [ "$PARTS" = all ] && OUT="$WORK" step obs 60 bash scripts/gpu_obs.sh
   bench_budget=$(( $(left) - 30 ))
   if [ "$bench_budget" -ge 90 ]; then
     OUT="$WORK" BENCH_BUDGET_S=$bench_budget step mfu_bench "$((bench_budget + 10))" bash scripts/gpu_bench.sh
   else
     printf '%-12s skipped: %ss left, needs 120s\n' "mfu_bench" "$(left)" >> "$WORK/steps.txt"
   fi
+else  # the rehearsal: every benchmark row on a tiny model on the CPU (checks the scripts, measures nothing)
+  step mfu_bench 200 "$PYTHON" benchmarks/mfu.py --device cpu --smoke --variants all --steps 2 --warmup 1 \
+    --zero-steps 1 --budget-s 190 --out "$WORK/bench"
 fi
+mkdir -p "$OUT/bench"
+for f in "$WORK"/bench/*.json "$WORK"/bench/*_table.md; do [ -f "$f" ] && cp "$f" "$OUT/bench/"; done
 
 "$PYTHON" scripts/gpu_summary.py --work "$WORK" --out "$OUT" --budget "$BUDGET" --elapsed "$((SECONDS - T0))" \
   > "$WORK/summary.log" 2>&1 || cat "$WORK/summary.log"

@@ -175,6 +175,7 @@ def build_module(cfg: DictConfig, net, plan: StrategyPlan):
     from trainer.module import TrainModule
 
     arguments = {"optimizer": build_optimizer(cfg.optim, plan), "compile": cfg.trainer.compile and plan.compile_whole_net,
+                 "compile_mode": cfg.trainer.compile_mode,
                  "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") is not None else None}
     if cfg.get("module") is None:
         return TrainModule(net, **arguments)
@@ -254,7 +255,25 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir, net, plan: StrategyPlan, c
         callbacks.append(RankAgreementCheck(shared))
     callbacks += wandb_callbacks(run_dir.data_check)
     callbacks += [instantiate(node) for node in _entries_on(cfg.get("callbacks"))]
-    return callbacks + list(extra)
+    return skip_unused_batch_hooks(callbacks + list(extra))
+
+
+# The hooks Lightning calls on every callback for every batch. A callback that does not override one
+# still costs a dispatch each time (a profiler context and a call); Lightning skips a hook attribute
+# that is not callable.
+PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+                   "on_before_optimizer_step", "on_before_zero_grad")
+
+
+def skip_unused_batch_hooks(callbacks: list) -> list:
+    """Blank (on the instance) each per-batch hook a callback leaves as Lightning's no-op."""
+    import pytorch_lightning as pl
+
+    for callback in callbacks:
+        for hook in PER_BATCH_HOOKS:
+            if getattr(type(callback), hook, None) is getattr(pl.Callback, hook):
+                setattr(callback, hook, None)
+    return callbacks
 
 
 def _entries_on(collection: DictConfig | None) -> list[DictConfig]:

@@ -26,6 +26,7 @@ class TrainModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         compile: bool = False,
+        compile_mode: str = "default",
     ):
         """`optimizer` is called with the parameter groups (the `optim` section: a `_partial_` torch.optim
         class, or the strategy plan's substitute); `scheduler`, when given, with the optimizer, and is
@@ -33,16 +34,24 @@ class TrainModule(pl.LightningModule):
         super().__init__()
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.compile = compile
+        self.compile, self.compile_mode = compile, compile_mode
         self._compiled: nn.Module | None = None
         # Weight decay on matrices (linear and embedding weights) only; not on norms or biases. Decided
         # here, on the plain net: under FSDP the parameters seen by configure_optimizers are flat shards.
         self._decay_names = {_unwrapped_name(n) for n, p in net.named_parameters() if p.dim() >= 2}
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets _current_fx_name around every hook call (~50 times a step); nn.Module's
+        # __setattr__ checks each value against Parameter, Module and buffer first (~6 us each here).
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def configure_model(self) -> None:
         # torch.compile is applied from outside the model, after the strategy has wrapped/moved it.
         if self.compile and self._compiled is None:
-            self._compiled = torch.compile(self.net)
+            self._compiled = torch.compile(self.net, mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def forward(self, inputs, targets=None):
         net = self._compiled if self._compiled is not None else self.net
@@ -51,8 +60,31 @@ class TrainModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
         loss = self(inputs, targets)
-        self.log("train/loss", self._step_mean_loss(loss), prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
+        self._step_mean_loss(loss)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # train/loss is handed to Lightning only on the batches whose metrics it writes (every
+        # trainer.log_every_steps steps, and a step that stops the run) and on the last step (the run
+        # summary's final loss): each self.log call costs ~1 ms of host time in Lightning's result
+        # collection and, with several ranks, an all-reduce. Here, after the callbacks' batch end (a
+        # checkpoint callback may just have stopped the run), Lightning's decision for the batch is known.
+        # Not prog_bar: Lightning converts progress-bar metrics to floats after every batch (.item(): on
+        # a GPU, a wait for all queued work, every step); the progress bar reads the loss on the logging
+        # cadence instead (trainer/tracking/console.py).
+        if self._logs_this_batch():
+            self.log("train/loss", self._loss_sum / self._loss_count, on_step=True, on_epoch=False, sync_dist=True)
+
+    def _logs_this_batch(self) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        try:
+            if trainer.fit_loop._should_accumulate():
+                return False
+            return trainer._logger_connector.should_update_logs or 0 < trainer.max_steps <= trainer.global_step
+        except AttributeError:  # a Lightning without these internals: log every batch, as before
+            return True
 
     def _step_mean_loss(self, loss):
         """The mean loss of this optimizer step so far, over its micro-batches; sync_dist then

@@ -64,6 +64,8 @@ def test_gpt2_124m_shape():
         ("model.d_model=130", "not divisible"),
         ("model.n_layerz=3", "n_layers"),
         ("kernels=fast", "kernels"),
+        ("trainer.compile_mode=fastest", "trainer.compile_mode"),
+        ("trainer.compile_mode=reduce-overhead", "add trainer.compile=true"),
     ],
 )
 def test_bad_overrides_are_user_errors(override, needle):

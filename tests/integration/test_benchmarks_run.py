@@ -34,14 +34,20 @@ def test_overhead_quick_compares_the_three_variants(tmp_path, shared_cache):
 
 def test_mfu_smoke_runs_baseline_ours_and_zero2_through_the_real_fit(tmp_path, shared_cache):
     out = tmp_path / "mfu"
-    proc = _run(["benchmarks/mfu.py", "--device", "cpu", "--smoke", "--variants", "handwritten,ours,zero2_1b",
+    proc = _run(["benchmarks/mfu.py", "--device", "cpu", "--smoke", "--variants", "handwritten,ours_reference,ours,zero2_1b",
                  "--steps", "2", "--warmup", "1", "--zero-steps", "1", "--budget-s", "500", "--out", str(out)], tmp_path, shared_cache)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads((out / "mfu.json").read_text())
-    assert data["variants"]["handwritten"]["status"] == "ok", data["variants"]["handwritten"]
-    assert data["variants"]["ours"]["status"] == "ok", data["variants"]["ours"]
-    assert data["variants"]["ours"]["kernels"]["mode"] == "reference"
-    assert data["ratios_vs_handwritten"]["ours"] > 0
-    zero2 = data["variants"]["zero2_1b"]
-    assert zero2["status"] == "ok" and zero2["strategy"].startswith("deepspeed ZeRO-2"), zero2
-    assert "hand-written + torch.compile" in (out / "mfu_table.md").read_text()
+    rows = data["variants"]
+    for name in ("handwritten", "ours_reference", "ours_auto"):  # "ours" is the old name of ours_auto
+        assert rows[name]["status"] == "ok", rows[name]
+        # every row says what ran: each op's route, compile, micro-batch, precision
+        assert set(rows[name]["kernel_routes"].values()) == {"reference"}, rows[name]["kernel_routes"]
+        assert rows[name]["config"]["micro_batch"] == 4 and rows[name]["config"]["precision"] == "32-true"
+    assert rows["ours_auto"]["kernels"]["requested"] == "auto" and rows["ours_reference"]["kernels"]["requested"] == "reference"
+    assert data["ratios_vs_handwritten"]["ours_reference"] > 0 and data["ratios_vs_handwritten"]["ours_auto"] > 0
+    zero2 = rows["zero2_1b"]
+    assert zero2["status"] == "ok" and zero2["config"]["strategy"] == "deepspeed ZeRO-2", zero2
+    assert "zero2_1b" not in data["ratios_vs_handwritten"]  # another model: no ratio
+    table = (out / "mfu_table.md").read_text()
+    assert "| ours_reference | gpt2, mb 4, 32-true, eager, reference ops" in table, table

@@ -23,6 +23,9 @@ ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 PLAN_CHECKS = ("error", "warn", "off")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+# torch.compile modes: reduce-overhead replays the compiled forward and backward as CUDA graphs (shapes
+# are static here), max-autotune also benchmarks matmul kernels at compile time (minutes).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHECKSUMS = ("sha256", "size")
 # Logger constructor arguments that may stay null in the config: the trainer fills them from the run
 # (its folder for that logger, the run's name, W&B id and group, the resolved config).
@@ -61,6 +64,7 @@ class TrainerConfig:
     # Recompute activations in backward, per transformer block: none | full (keep only each block's input)
     # | selective (keep matmul and attention outputs, recompute norms, rotary and activations)
     activation_checkpointing: str = "none"
+    compile_mode: str = "default"  # with compile: one of COMPILE_MODES
     progress_bar: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: cores / local ranks)

@@ -58,6 +58,9 @@ def validate(cfg: DictConfig) -> None:
     one_of("kernels", cfg.kernels, S.KERNEL_MODES)
     one_of("trainer.precision", t.precision, S.PRECISIONS)
     one_of("trainer.accelerator", t.accelerator, S.ACCELERATORS)
+    one_of("trainer.compile_mode", t.compile_mode, S.COMPILE_MODES)
+    if t.compile_mode != "default" and not t.compile:
+        raise UserError(f"trainer.compile_mode={t.compile_mode} applies to a compiled model: add trainer.compile=true")
     one_of("strategy.name", s.name, S.STRATEGIES)
     one_of("trainer.activation_checkpointing", t.activation_checkpointing, S.ACTIVATION_CHECKPOINTING)
     one_of("checkpoint.checksum", c.checksum, S.CHECKSUMS)

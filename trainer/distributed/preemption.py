@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 log = logging.getLogger("trainer")
@@ -35,6 +36,13 @@ REQUEUE_EXIT = 124
 
 class PreemptionFlag:
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    # With several ranks on GPUs, the agreement of step s is read at step s + LAG_STEPS_ON_GPU: the
+    # all-reduce and the copy of its result to pinned host memory run behind the step's GPU work, and by
+    # the time the host reads them they have long finished, so the check never makes the host wait for
+    # the GPU (reading it at once would, every step). Every rank reads the same step's result, so all
+    # still stop at the same step, LAG_STEPS_ON_GPU steps later. On CPU (gloo) the all-reduce is
+    # synchronous anyway: no lag.
+    LAG_STEPS_ON_GPU = 2
 
     def __init__(self) -> None:
         self.signalled_at: float | None = None
@@ -42,6 +50,7 @@ class PreemptionFlag:
         self._agreed = False
         self.armed = False  # training has started: a stop request waits for the next step boundary
         self._wakeup: tuple[socket.socket, socket.socket, int] | None = None
+        self._pending: deque = deque()  # (pinned host flag, CUDA event) per step, oldest first
 
     def install(self) -> "PreemptionFlag":
         """Record SIGTERM/SIGUSR1 (main thread only); until `arm()`, SIGTERM also ends the process at once."""
@@ -92,13 +101,7 @@ class PreemptionFlag:
             return True
         local = self.signalled_at is not None
         if trainer.world_size > 1:
-            import torch
-            import torch.distributed as dist
-
-            flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=trainer.strategy.root_device)
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            local = bool(flag.item())
+            local = self._exchange(trainer.strategy.root_device, local)
         if local:
             self._agreed = True
             if self.signalled_at is None:
@@ -106,6 +109,28 @@ class PreemptionFlag:
             log.warning("preemption requested (%s): saving a checkpoint at step %d, then exiting to be requeued",
                         self.signal_name or "a peer rank's signal", trainer.global_step)
         return self._agreed
+
+    def _exchange(self, device, local: bool) -> bool:
+        """All-reduce MAX of this step's flag; on a GPU, returns the result of LAG_STEPS_ON_GPU steps ago."""
+        import torch
+        import torch.distributed as dist
+
+        # torch.full fills on the device (a tensor built from a Python list would be a blocking host copy)
+        flag = torch.full((1,), int(local), dtype=torch.int32, device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.device.type != "cuda":
+            return bool(flag.item())
+        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._pending.append((host, done))
+        if len(self._pending) <= self.LAG_STEPS_ON_GPU:
+            return False
+        host, done = self._pending.popleft()
+        done.synchronize()  # finished steps ago: returns at once
+        return bool(host.item())  # a host tensor: no device sync
 
 
 def keep_handlers_callback(flag: PreemptionFlag):

@@ -239,6 +239,11 @@ class WandbLogger(_LightningWandbLogger):
 
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")  # our console output stays ours
+        if self._mode != "online":
+            # W&B (0.31) builds an OpenTelemetry exporter at the first logged metric even offline: ~160 ms of
+            # imports on the training thread, then a thread that posts its own telemetry to W&B's servers
+            # every 60 s. An offline run sends nothing.
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         if self._mode == "online":
             try:
                 return self._init(wandb, "online")
