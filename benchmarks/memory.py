@@ -42,7 +42,7 @@ def overrides(args, strategy: str, *, devices: int, extra=()) -> list[str]:
         f"model.seq_len={args.seq_len}", f"data.batch_size={args.batch_size}", "data.val_batches=1",
         f"trainer.max_steps={args.steps}", "trainer.val_every_steps=1000", "trainer.log_every_steps=1",
         "trainer.progress_bar=false", "logger.wandb=false", "checkpoint.save_final=false", "checkpoint.every_n_steps=1000",
-        "plan.check=off", "optim.warmup_steps=1", *extra,
+        "plan.check=off", "scheduler.warmup_steps=1", *extra,
     ]
 
 

@@ -46,8 +46,17 @@ def test_loggers_are_named_entries_with_their_arguments_settable():
         compose_config(["logger.wandb.projekt=x"])
     with pytest.raises(UserError, match="logger.wandb.mode='sometimes' is not one of"):
         compose_config(["logger.wandb.mode=sometimes"])
-    with pytest.raises(UserError, match=r"logger.csv must be a \{_target_: ...\} entry, or false"):
+    with pytest.raises(UserError, match=r"logger.csv must be a \{_target_: ...\} entry, true \(the shipped one\) or false"):
         compose_config(["logger.csv=3"])
+
+
+def test_an_entry_turned_off_is_turned_on_again_as_shipped_with_keys_set_after_it():
+    on = compose_config(["logger.wandb=false", "logger.wandb=true"]).logger.wandb
+    assert on._target_ == "trainer.tracking.loggers.WandbLogger" and on.mode == "auto"
+    offline = compose_config(["logger.wandb=false", "logger.wandb=true", "logger.wandb.mode=offline"]).logger.wandb
+    assert offline._target_ == on._target_ and offline.mode == "offline" and offline.flush_interval_s == on.flush_interval_s
+    with pytest.raises(UserError, match=r"logger.nope=true: no shipped logger entry named 'nope' \(shipped: csv, tensorboard, wandb\)"):
+        compose_config(["+logger.nope=true"])
 
 
 def test_callbacks_are_named_entries_users_add_to():

@@ -221,7 +221,7 @@ def test_init_from_a_local_llama_starts_training_from_its_weights(tmp_path, shar
     run = tmp_path / "run"
     # lr ~ 0: after 2 steps the weights are still the checkpoint's (Adam moves each by about lr per step)
     ok(cli("trainer.train", *TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}", "trainer.max_steps=2",
-           "checkpoint.every_n_steps=2", "optim.lr=1e-9", "optim.warmup_steps=0", "optim.weight_decay=0",
+           "checkpoint.every_n_steps=2", "optim.lr=1e-9", "scheduler.warmup_steps=0", "optim.weight_decay=0",
            f"model.init_from={source}"))
     state = torch.load(run / "checkpoints" / "step-00000002" / "state.ckpt", map_location="cpu", weights_only=True)
     net = GPT(GPTConfig(vocab_size=256, seq_len=32, d_model=32, n_layers=1, n_heads=2))

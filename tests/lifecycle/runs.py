@@ -7,7 +7,7 @@ from tests.conftest import cli
 
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_len=32", "data.batch_size=4",
         "data.val_batches=2", "trainer.val_every_steps=10", "trainer.log_every_steps=5", "checkpoint.every_n_steps=10",
-        "trainer.progress_bar=false", "logger.wandb=false", "optim.warmup_steps=2"]
+        "trainer.progress_bar=false", "logger.wandb=false", "scheduler.warmup_steps=2"]
 EVAL = ["promote.eval_max_tokens=4096"]  # the same first 4096 validation tokens for candidate and champion
 
 

@@ -13,7 +13,8 @@ def test_best_alias_follows_the_lowest_validation_loss(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("logger: {wandb: true, wandb_mode: offline, project: artifacts-test, entity: null}\n")
+    (run / "config.yaml").write_text("logger: {wandb: {_target_: trainer.tracking.loggers.WandbLogger, mode: offline, "
+                                      "project: artifacts-test, entity: null}}\n")
     (run / "wandb_id.txt").write_text("abc123\n")
     (run / "eval").mkdir()
     model = tmp_path / "model"

@@ -60,10 +60,9 @@ def test_callback_hooks_nobody_implements_are_not_dispatched():
 WANDB_OFFLINE_LOGS = """
 import sys, tempfile
 from pathlib import Path
-from trainer.tracking.loggers import build_loggers
+from trainer.tracking.loggers import WandbLogger
 run = Path(tempfile.mkdtemp())
-(wb,) = [lg for lg in build_loggers(run, run_name="t", csv=False, wandb=True, wandb_mode="offline", project="p",
-                                     entity=None, tags=[], config={}) ]
+wb = WandbLogger(str(run), project="p", mode="offline", name="t", id="t0", config={})
 wb.log_metrics({"train/loss": 1.0}, step=1)
 wb.log_metrics({"train/loss": 0.5}, step=2)
 print("otel" if "opentelemetry.sdk.metrics" in sys.modules else "quiet")
@@ -74,7 +73,7 @@ wb.finalize("success")
 def test_an_offline_wandb_run_starts_no_telemetry_exporter():
     """W&B 0.31 builds an OpenTelemetry exporter at the first logged metric (imports on the training
     thread, a thread posting to W&B's servers) unless WANDB_MODE=offline is in the environment; a
-    run offline by `logger.wandb_mode` (the default without an API key) gets it too, so the trainer
+    run offline by `logger.wandb.mode` (the default without an API key) gets it too, so the trainer
     turns it off. The calibration run (W&B's reporting forced on) shows the check would see it."""
     as_a_user_runs = {"WANDB_MODE": None, "WANDB_API_KEY": None}
     quiet = _python(["-c", WANDB_OFFLINE_LOGS], env=as_a_user_runs)

@@ -117,6 +117,7 @@ def complete_target_sections(cfg: DictConfig) -> None:
     from omegaconf import open_dict
 
     read_deepspeed_file(cfg)
+    turn_on_shipped_entries(cfg)
     for path, node in target_nodes(cfg):
         if path == "module":  # takes the optim/scheduler sections' values where it leaves them out (build.py)
             continue
@@ -125,6 +126,31 @@ def complete_target_sections(cfg: DictConfig) -> None:
             for key, value in defaults.items():
                 if key not in node.keys():  # `in node` is False for a `???` key, which must stay missing
                     node[key] = value
+
+
+def turn_on_shipped_entries(cfg: DictConfig) -> None:
+    """`logger.wandb=true` (or `callbacks.early_stopping=true`): the entry as its option file ships it
+    (configs/logger/wandb.yaml), so an entry turned off (by an experiment, an earlier override) can be
+    turned on again without spelling its `_target_`; keys set after it (`logger.wandb.mode=offline`,
+    which Hydra then holds without a `_target_`) apply on top of the shipped entry."""
+    from omegaconf import DictConfig as Node
+    from omegaconf import OmegaConf, open_dict
+
+    for collection in TARGET_COLLECTIONS:
+        entries = cfg.get(collection)
+        for name, value in list((entries or {}).items()):
+            if value is not True and not (isinstance(value, Node) and "_target_" not in value):
+                continue
+            option = CONFIG_DIR / collection / f"{name}.yaml"
+            shipped = OmegaConf.load(option).get(name) if option.is_file() else None
+            if shipped is None:
+                if value is not True:
+                    continue  # validate() names what a user entry lacks
+                choices = sorted(p.stem for p in (CONFIG_DIR / collection).glob("*.yaml") if p.stem != "default")
+                raise UserError(f"{collection}.{name}=true: no shipped {collection} entry named {name!r} "
+                                f"(shipped: {', '.join(choices)}); add yours with +{collection}.{name}._target_=...")
+            with open_dict(entries):
+                entries[name] = shipped if value is True else OmegaConf.merge(shipped, value)
 
 
 def read_deepspeed_file(cfg: DictConfig) -> None:

@@ -174,7 +174,7 @@ def target_nodes(cfg: DictConfig):
             if node is None or node is False:
                 continue
             if not isinstance(node, DictConfig) or "_target_" not in node:
-                raise UserError(f"{collection}.{name} must be a {{_target_: ...}} entry, or false to turn it off; got {node!r}")
+                raise UserError(f"{collection}.{name} must be a {{_target_: ...}} entry, true (the shipped one) or false (off); got {node!r}")
             yield f"{collection}.{name}", node
 
 

@@ -277,6 +277,8 @@ def rollback(ctx: Context, model: str, version: int | None, *, by: str, reason: 
 def previous_champion(log: DecisionLog, model: str, current: int) -> int | None:
     """The champion before `current` became champion, from the decision log."""
     for rec in reversed(log.records()):
+        if rec.get("action") == "rollback":
+            continue  # a rollback's own record: rolling back again must not return to the version it left
         if rec.get("model") == model and rec.get("champion_after") == current and rec.get("champion_before") not in (None, current):
             return int(rec["champion_before"])
     return None
@@ -324,14 +326,20 @@ def _write_decision(run_dir: Path, record: Decision) -> None:
 
 
 def _link(run_dir: Path, export_dir: Path, model: str, version: int, record: Decision) -> None:
+    """Mirror the promotion into the W&B Registry when the run's W&B logger entry (logger.wandb) resolves
+    to online; project and entity as the run logged them."""
+    import os
+
+    from trainer.tracking.loggers import DEFAULT_PROJECT, resolve_wandb_mode
     from trainer.tracking.run_dir import load_frozen
 
-    logger = load_frozen(RunDir(run_dir).config).get("logger") or {}
-    if not logger.get("wandb", True):
+    node = (load_frozen(RunDir(run_dir).config).get("logger") or {}).get("wandb")
+    if not node or resolve_wandb_mode(node.get("mode") or "auto") != "online":
         return
-    target = link_to_wandb(export_dir, model, "champion", project=logger.get("project") or "trainer",
-                           entity=logger.get("entity"), metadata={"mlflow_version": version, "decision": record.decision,
-                                                                  "run_id": record.run_id, **record.candidate})
+    target = link_to_wandb(export_dir, model, "champion",
+                           project=node.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                           entity=node.get("entity"), metadata={"mlflow_version": version, "decision": record.decision,
+                                                                "run_id": record.run_id, **record.candidate})
     if target:
         print(f"linked into the W&B Registry: {target}:champion")
 

@@ -283,11 +283,7 @@ class DecisionLog:
 # --------------------------------------------------------------------------- W&B Registry
 def link_to_wandb(export_dir: Path, name: str, alias: str, *, project: str, entity: str | None, metadata: dict) -> str | None:
     """Link a promoted version into the W&B Registry (collection `name` of the model registry) with `alias`,
-    when W&B is online. Returns the target path, or None (offline, disabled, or it failed: one warning)."""
-    from trainer.tracking.loggers import resolve_wandb_mode
-
-    if resolve_wandb_mode("auto") != "online":
-        return None
+    (the caller decides that W&B is online). Returns the target path, or None (it failed: one warning)."""
     target = f"wandb-registry-model/{name}"
     try:
         import wandb

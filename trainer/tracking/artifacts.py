@@ -34,7 +34,9 @@ def artifact_name(wandb_id: str) -> str:
 def resumed_run(run_dir: Path) -> Iterator[Any]:
     """The run dir's W&B run, resumed under its id with the run's logger settings; None when the run has
     no W&B run (logger.wandb=false, mode disabled) or W&B cannot start."""
-    target = _wandb_target(run_dir)
+    from trainer.tracking.loggers import wandb_settings, wandb_target
+
+    target = wandb_target(run_dir)
     if target is None:
         yield None
         return
@@ -42,12 +44,11 @@ def resumed_run(run_dir: Path) -> Iterator[Any]:
     try:
         import wandb
 
-        from trainer.tracking.loggers import _wandb_settings
-
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         run = wandb.init(id=target["id"], resume="allow", project=target["project"], entity=target["entity"],
-                         mode=target["mode"], dir=str(run_dir), settings=_wandb_settings(), reinit="create_new")
+                         group=target["group"], mode=target["mode"], dir=str(run_dir), settings=wandb_settings(),
+                         reinit="create_new")
     except Exception as e:  # noqa: BLE001 - W&B is never worth failing for
         log.warning("W&B could not start (%s); nothing logged to W&B", e)
     try:
@@ -125,17 +126,6 @@ def val_loss_at(run_dir: Path, step: int) -> float | None:
     if summary.get("steps") == step and summary.get("final_val_loss") is not None:
         return float(summary["final_val_loss"])
     return None
-
-
-def _wandb_target(run_dir: Path) -> dict | None:
-    id_file = RunDir(run_dir).wandb_id
-    if not id_file.is_file():
-        return None
-    logger = load_frozen(RunDir(run_dir).config).get("logger") or {}
-    mode = resolve_wandb_mode(logger.get("wandb_mode", "auto"))
-    if not logger.get("wandb", True) or mode == "disabled":
-        return None
-    return {"id": id_file.read_text().strip(), "project": logger.get("project"), "entity": logger.get("entity"), "mode": mode}
 
 
 def _read_record(run_dir: Path) -> list[dict]:
