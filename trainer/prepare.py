@@ -29,6 +29,14 @@ class PreparedRun:
             self.lock.release()
 
 
+def require_user_values(cfg: DictConfig) -> None:
+    """`???` in the config: a value only the user can give (e.g. data.path). Checked before anything else
+    about the run (the machine's devices, the run dir), so the config is complete first."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
+
+
 def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = None, launcher_label: str | None = None) -> PreparedRun:
     """Validate `cfg`, resolve its run dir (cfg.run.id/dir are set in place) and, on rank 0, take the
     run dir's lock (a second job is refused here, before it writes anything), freeze the config and
@@ -40,9 +48,7 @@ def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = No
 
     complete_target_sections(cfg)
     validate(cfg)
-    missing = sorted(OmegaConf.missing_keys(cfg))  # `???`: a value only the user can give (e.g. data.path)
-    if missing:
-        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
+    require_user_values(cfg)
     if cfg.model.get("init_from"):  # fine-tuning: a checkpoint that cannot load fails before the run dir exists
         from trainer.build import check_init_from
 

@@ -89,8 +89,9 @@ def start_run(cfg: DictConfig, argv: list[str]) -> tuple[int, Path]:
     from trainer.build import check_local_devices
     from trainer.distributed.env import detect
     from trainer.plan import check_before_launch
-    from trainer.prepare import prepare_run
+    from trainer.prepare import prepare_run, require_user_values
 
+    require_user_values(cfg)
     if detect().launcher is None:
         # Before the run dir is touched, and once rather than in every local rank torchrun would start.
         check_local_devices(cfg.trainer)

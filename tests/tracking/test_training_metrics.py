@@ -37,5 +37,6 @@ def test_lr_and_loss_scale_are_logged_every_step(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                          plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], callbacks=[TrainingMetrics(), Record()])
     trainer.fit(module, train_dataloaders=data)
-    assert [round(s["train/lr"], 6) for s in seen] == [0.25, 0.5, 0.275, 0.05]  # warmup 2, cosine to 0.1 x lr
+    # warmup over 2 steps, then cosine from the peak (progress 0 at step 2) to 0.1 x lr at max_steps
+    assert [round(s["train/lr"], 6) for s in seen] == [0.25, 0.5, 0.5, 0.275]
     assert all(s["train/loss_scale"] > 0 for s in seen) and seen[0]["train/loss_scale"] == 1024.0
