@@ -15,6 +15,9 @@ from tests.faults import procs
 
 pytestmark = pytest.mark.slow
 REQUEUE_EXIT = 124
+# Between the fixed exit (6.6 s at most, load 12) and the one with a validation pass (14.8 s), with 5 s of
+# headroom above the first for a loaded machine.
+EXIT_BOUND_S = 11.5
 
 
 def test_preempted_run_exits_after_the_save_without_validating(tmp_path, shared_cache):
@@ -36,6 +39,9 @@ def test_preempted_run_exits_after_the_save_without_validating(tmp_path, shared_
     assert summary["stopped"] == "preempted" and stop in procs.checkpoint_steps(run)
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
     val_steps = [int(r["step"]) for r in rows if r.get("val/loss")]
-    # Only scheduled passes (after steps 5, 10, ...: logged at step 4, 9, ...) before the stop; none at the stop.
-    assert val_steps and all((s + 1) % 5 == 0 and s < stop for s in val_steps), (val_steps, stop)
+    # Only scheduled passes before the stop (after steps 5, 10, ...: logged at step 4, 9, ...). A pass after the
+    # save at the stop step is logged at stop - 1: none may be there, even when the schedule would run one.
+    assert val_steps and all((s + 1) % 5 == 0 and s + 1 < stop for s in val_steps), (val_steps, stop)
     print(f"SIGTERM -> checkpoint of step {stop} -> exit 124: {exit_s:.1f} s")
+    # docs/reliability.md row 13: 6.0-6.6 s with the fix (load 8-12), 14.8 s with a validation pass after the save.
+    assert exit_s < EXIT_BOUND_S, f"exit {exit_s:.1f} s after SIGTERM: a validation pass after the save?"
