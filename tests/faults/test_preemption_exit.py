@@ -15,9 +15,10 @@ from tests.faults import procs
 
 pytestmark = pytest.mark.slow
 REQUEUE_EXIT = 124
-# Between the fixed exit (6.6 s at most, load 12) and the one with a validation pass (14.8 s), with 5 s of
-# headroom above the first for a loaded machine.
-EXIT_BOUND_S = 11.5
+# 3x the slowest fixed exit in docs/reliability.md (6.6 s, load 12); 9.7 s was seen at load 9 since. On this
+# shared machine no time bound separates the fixed exit from one with a validation pass (14.8 s): the rows
+# below catch that; the bound catches an exit that waits on something (a hang, a timeout).
+EXIT_BOUND_S = 20
 
 
 def test_preempted_run_exits_after_the_save_without_validating(tmp_path, shared_cache):
@@ -43,5 +44,4 @@ def test_preempted_run_exits_after_the_save_without_validating(tmp_path, shared_
     # save at the stop step is logged at stop - 1: none may be there, even when the schedule would run one.
     assert val_steps and all((s + 1) % 5 == 0 and s + 1 < stop for s in val_steps), (val_steps, stop)
     print(f"SIGTERM -> checkpoint of step {stop} -> exit 124: {exit_s:.1f} s")
-    # docs/reliability.md row 13: 6.0-6.6 s with the fix (load 8-12), 14.8 s with a validation pass after the save.
-    assert exit_s < EXIT_BOUND_S, f"exit {exit_s:.1f} s after SIGTERM: a validation pass after the save?"
+    assert exit_s < EXIT_BOUND_S, f"exit {exit_s:.1f} s after SIGTERM (bound {EXIT_BOUND_S} s)"
