@@ -23,16 +23,16 @@ class UserError(Exception):
 
     exit_code = USER_ERROR_EXIT
 
+    def __init__(self, message: str, *, on_every_rank: bool = False):
+        super().__init__(message)
+        self.on_every_rank = on_every_rank  # every rank raised this same error: rank 0 alone prints it
+
 
 class StorageError(UserError):
     """Storage refused a write (ENOSPC, EDQUOT, EROFS, EACCES): the message names the path, the space
     needed and the newest good checkpoint to resume from."""
 
     exit_code = STORAGE_ERROR_EXIT
-
-    def __init__(self, message: str, *, on_every_rank: bool = False):
-        super().__init__(message)
-        self.on_every_rank = on_every_rank  # every rank raised this same error: rank 0 alone prints it
 
 
 def closest(name: str, options: Iterable[str], n: int = 3) -> str:
@@ -46,7 +46,7 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        if not getattr(e, "on_every_rank", False) or os.environ.get("RANK", "0") == "0":
+        if not e.on_every_rank or os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         dist = sys.modules.get("torch.distributed")
         if dist is not None and dist.is_available() and dist.is_initialized():

@@ -35,7 +35,7 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker, requeue_slurm_job
     from trainer.distributed.preflight import preflight_checks
     from trainer.distributed.process import prepare_rank
-    from trainer.tracking import console
+    from trainer.tracking import console, run_lock
     from trainer.tracking.loggers import log_summary, wandb_sync_hint
     from trainer.tracking.manifest import update_manifest
     from trainer.tracking.run_dir import RunDir
@@ -46,6 +46,9 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     proc, rd = detect(), RunDir(run_dir)
     is_zero = proc.rank == 0
     console.setup_logging(rd.logs, proc.rank)
+    if is_zero:  # another job taking the run dir ends this one at its next step (tracking/run_lock.py)
+        watch = run_lock.watch(rd.lock, cfg.run.lock_stale_after_s)
+        preemption.lost_run_dir = watch.lost if watch is not None else None
     build.fit_elastic_world(cfg, proc.world_size)
     device = build.resolve_device(cfg.trainer)
     build.set_cpu_threads(cfg.trainer, device, local_world_size())

@@ -125,7 +125,8 @@ def _launch(cfg: DictConfig, run) -> int:
 
         print(f"run dir: {run.dir}", flush=True)
         max_restarts = (cfg.get("launcher") or LauncherConfig()).max_restarts
-        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id, max_restarts=max_restarts)
+        return relaunch_local(run.frozen_config, cfg.trainer.devices, run.id, max_restarts=max_restarts,
+                              lock_token=run.lock.holder.token if run.lock else None)
     from trainer.fit import run_fit
 
     return run_fit(resolved(cfg), run.dir, run.id)

@@ -15,6 +15,10 @@ from tests.faults import procs
 
 pytestmark = pytest.mark.slow
 REQUEUE_EXIT = 124
+# 3x the slowest fixed exit in docs/reliability.md (6.6 s, load 12); 9.7 s was seen at load 9 since. On this
+# shared machine no time bound separates the fixed exit from one with a validation pass (14.8 s): the rows
+# below catch that; the bound catches an exit that waits on something (a hang, a timeout).
+EXIT_BOUND_S = 20
 
 
 def test_preempted_run_exits_after_the_save_without_validating(tmp_path, shared_cache):
@@ -36,6 +40,8 @@ def test_preempted_run_exits_after_the_save_without_validating(tmp_path, shared_
     assert summary["stopped"] == "preempted" and stop in procs.checkpoint_steps(run)
     rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
     val_steps = [int(r["step"]) for r in rows if r.get("val/loss")]
-    # Only scheduled passes (after steps 5, 10, ...: logged at step 4, 9, ...) before the stop; none at the stop.
-    assert val_steps and all((s + 1) % 5 == 0 and s < stop for s in val_steps), (val_steps, stop)
+    # Only scheduled passes before the stop (after steps 5, 10, ...: logged at step 4, 9, ...). A pass after the
+    # save at the stop step is logged at stop - 1: none may be there, even when the schedule would run one.
+    assert val_steps and all((s + 1) % 5 == 0 and s + 1 < stop for s in val_steps), (val_steps, stop)
     print(f"SIGTERM -> checkpoint of step {stop} -> exit 124: {exit_s:.1f} s")
+    assert exit_s < EXIT_BOUND_S, f"exit {exit_s:.1f} s after SIGTERM (bound {EXIT_BOUND_S} s)"

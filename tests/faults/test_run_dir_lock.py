@@ -146,3 +146,76 @@ def test_lock_across_hosts_heartbeat_and_same_job_restart(tmp_path, shared_cache
     out = requeued.output()
     assert re.search(r"taking it over from host node-c, PID \d+, job id slurm-4242, since [\d\-: ]+: "
                      r"it is an earlier process of this job \(slurm-4242: a restart or requeue\)", out), out[-3000:]
+
+
+def stopped_at(out: str, run: Path, new_holder: int, job_id: str) -> int:
+    """The step at which a job that lost its lock stopped, from its one error line (which names the new holder)."""
+    m = re.search(rf"error: run dir {re.escape(str(run))} was taken over by another job \(host \S+, PID {new_holder}, "
+                  rf"job id {job_id}, since [\d\-: ]+\) while this job ran: this job stopped at step (\d+) without saving",
+                  out)
+    assert m, out[-3000:]
+    assert "Traceback" not in out and out.count("error:") == 1, out[-3000:]
+    return int(m.group(1))
+
+
+def test_a_holder_whose_lock_is_taken_over_stops_at_its_next_step_without_saving(tmp_path, shared_cache):
+    """A requeue of the same SLURM job id starts while the earlier process still runs (a node the scheduler
+    gave up on): the requeue takes the lock, and the earlier process stops instead of writing on."""
+    run = tmp_path / "run"
+    job = procs.env(SLURM_JOB_ID="4243")
+    argv = train_argv(run, shared_cache, "run.lock_stale_after_s=4",  # heartbeat and look every 0.5 s
+                      "checkpoint.every_n_steps=1")  # every step is saved: a save after the takeover would show
+    with procs.jobs() as started:
+        first = procs.Job(argv, tmp_path / "first.log", env_vars=job, timeout_s=400)
+        started.append(first)
+        procs.wait_for("a checkpoint of the first job", lambda: procs.checkpoint_steps(run), 240, job=first)
+        second = procs.Job(argv, tmp_path / "second.log", env_vars=job, timeout_s=400)
+        started.append(second)
+        procs.wait_for("the second job holding the lock", lambda: lock_holder(run).get("pid") == second.pid, 240,
+                       job=second, poll_s=0.01)
+        taken = time.monotonic()
+        # Held still until the first is gone, so that every checkpoint on disk then is the first job's.
+        os.killpg(second.pid, signal.SIGSTOP)
+        procs.wait_for("the first job gone", lambda: first.proc.poll() is not None, 60)
+        stop_s = time.monotonic() - taken
+        saved = procs.checkpoint_steps(run)
+        os.killpg(second.pid, signal.SIGCONT)
+        assert first.wait() == 2, first.tail()
+        step = stopped_at(first.output(), run, second.pid, "slurm-4243")
+        assert max(saved) == step - 1  # saved up to the step before; not the step it stopped at
+        procs.wait_for("the second job resuming", lambda: f"resuming from step {step - 1}" in second.output(), 240,
+                       job=second)
+    assert re.search(rf"taking it over from host \S+, PID {first.pid}, job id slurm-4243, since [\d\-: ]+: "
+                     r"it is an earlier process of this job \(slurm-4243: a restart or requeue\)", second.output())
+    print(f"lock taken over -> the earlier job stopped at step {step} and exited 2, {stop_s:.1f} s later")
+
+
+def test_self_launched_ranks_stop_together_when_their_launchers_lock_is_taken_over(tmp_path, shared_cache):
+    """Two ranks under `trainer.devices=2`: the launcher holds the lock, rank 0 watches it; once it is taken (here
+    by this test process, through the same `acquire` a requeue of the same job id runs), both ranks stop at the
+    same step without saving and the job exits 2, without a restart."""
+    from trainer.tracking.run_lock import acquire
+
+    run = tmp_path / "run"
+    argv = train_argv(run, shared_cache, "trainer.devices=2", "strategy=ddp", "run.lock_stale_after_s=4",
+                      "checkpoint.every_n_steps=1")
+    lock = None
+    try:
+        with procs.jobs() as started:
+            job = procs.Job(argv, tmp_path / "job.log", env_vars=procs.env(SLURM_JOB_ID="4244"), timeout_s=400)
+            started.append(job)
+            procs.wait_for("a checkpoint", lambda: procs.checkpoint_steps(run), 300, job=job)
+            lock = acquire(run / "lock.json", job_id="slurm-4244", stale_after_s=600)
+            taken = time.monotonic()
+            procs.wait_for("the job gone", lambda: job.proc.poll() is not None, 60)
+            stop_s = time.monotonic() - taken
+            saved = procs.checkpoint_steps(run)
+            assert job.wait() == 2, job.tail()
+    finally:
+        if lock is not None:
+            lock.release()
+    out = job.output()
+    step = stopped_at(out, run, os.getpid(), "slurm-4244")
+    assert max(saved) == step - 1
+    assert "restarting the ranks" not in out
+    print(f"lock taken over -> both ranks stopped at step {step}, the job exited 2 {stop_s:.1f} s later")

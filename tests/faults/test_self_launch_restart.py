@@ -18,6 +18,9 @@ from trainer.distributed.spawn import RANKS_FAILED_EXIT
 
 pytestmark = pytest.mark.slow
 MAX_STEPS = 16
+# A survivor of a rank dead in start-up leaves on torchrun's SIGTERM: 0.2-0.3 s measured at load 10-15
+# (docs/reliability.md row 6). Before the fix it sat until torchrun's SIGKILL, 30 s after the SIGTERM.
+SURVIVOR_BOUND_S = 10
 
 
 def train_argv(run, cache, *extra):
@@ -68,7 +71,7 @@ def test_death_in_start_up_survivor_leaves_at_once_and_restarts_run_out(tmp_path
         time.sleep(2)
         os.kill(ranks[1], signal.SIGKILL)
         killed = time.monotonic()
-        procs.wait_for("rank 0 gone", lambda: gone(ranks[0]), 25)  # torchrun's own limit is 30 s, then SIGKILL
+        procs.wait_for(f"rank 0 gone (within {SURVIVOR_BOUND_S} s of the kill)", lambda: gone(ranks[0]), SURVIVOR_BOUND_S)
         survivor_s = time.monotonic() - killed
         # The one restart allowed: its rank 1 dies too, and the job gives up with its documented code.
         again = procs.wait_for("restarted ranks", lambda: (lambda r: len(r) == 2 and r[0] != ranks[0] and r)(procs.rank_pids(job)),
@@ -81,7 +84,7 @@ def test_death_in_start_up_survivor_leaves_at_once_and_restarts_run_out(tmp_path
     assert re.search(r"error: the ranks failed 2 time\(s\) \(launcher.max_restarts=1\); the last time no clean exit from rank\(s\) \[[01, ]+\] of 2",
                      out), out[-3000:]
     print(f"rank 1 SIGKILLed in start-up -> rank 0 gone {survivor_s:.1f} s later")
-    assert survivor_s < 25
+    assert survivor_s < SURVIVOR_BOUND_S
 
 
 def test_a_user_error_in_the_ranks_is_not_retried(tmp_path, shared_cache):

@@ -138,6 +138,8 @@ def test_kill9_then_resume_keeps_one_step_axis_with_every_row(tmp_path, shared_c
     assert len(files) == 2
     sessions = [rows_by_step(f) for f in files]
     assert min(sessions[1]) == 8, sorted(sessions[1])  # no restart of the axis at 0
+    # the data check's table joins each session's first row, on the axis (it used to take a row of its own at 0)
+    assert [any(k.startswith("data_check/") for k in rows[first]) for rows, first in zip(sessions, (0, 8))] == [True, True]
     merged = {**{s: r for s, r in sessions[0].items() if s < 8}, **sessions[1]}
     assert sorted(s for s, r in merged.items() if "train/loss" in r) == list(range(12))
     losses = csv_losses(run)

@@ -9,6 +9,10 @@ requeues the job; any other SLURM job (a Hydra submitit sweep, your own sbatch) 
 rank 0 with `scontrol requeue` once every rank has saved (submitit's own handler, which would
 requeue from rank 0 in the middle of a step, is replaced by the flag's).
 
+The same check carries a second reason to stop: this job lost its run-dir lock to another job
+(tracking/run_lock.py; rank 0 watches it). Then every rank stops at once, without saving (the run
+dir is the other job's now), and raises the UserError that names the new holder (exit 2).
+
 Before training starts there is nothing to save and maybe no step boundary to wait for (a rank
 blocked in the process group's start-up on a peer that died, where Python signal handlers never
 run: torchrun then SIGKILLed it 30 s after its SIGTERM). So until `arm()`, a watcher thread that
@@ -27,11 +31,16 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable
+
+from trainer.errors import UserError
 
 log = logging.getLogger("trainer")
 
 # The exit code after a preemption checkpoint: launchers and batch scripts requeue on it.
 REQUEUE_EXIT = 124
+# What a rank brings to the step-boundary check; the all-reduce takes the MAX, so losing the run dir wins.
+_CARRY_ON, _PREEMPTED, _RUN_DIR_LOST = 0, 1, 2
 
 
 class PreemptionFlag:
@@ -51,6 +60,8 @@ class PreemptionFlag:
         self.armed = False  # training has started: a stop request waits for the next step boundary
         self._wakeup: tuple[socket.socket, socket.socket, int] | None = None
         self._pending: deque = deque()  # (pinned host flag, CUDA event) per step, oldest first
+        # Rank 0: the error naming who took this job's run dir at a given step, or None (run_lock.LockWatch.lost).
+        self.lost_run_dir: Callable[[int], str | None] | None = None
 
     def install(self) -> "PreemptionFlag":
         """Record SIGTERM/SIGUSR1 (main thread only); until `arm()`, SIGTERM also ends the process at once."""
@@ -96,12 +107,16 @@ class PreemptionFlag:
             self.signal_name = signal.Signals(signum).name
 
     def agreed(self, trainer) -> bool:
-        """True on every rank once any rank has been signalled (checked at step boundaries)."""
+        """True on every rank once any rank has been signalled (checked at step boundaries). Raises
+        UserError on every rank once rank 0 has seen another job take the run dir."""
         if self._agreed:
             return True
-        local = self.signalled_at is not None
+        lost = self.lost_run_dir(trainer.global_step) if self.lost_run_dir is not None else None
+        local = _RUN_DIR_LOST if lost else _PREEMPTED if self.signalled_at is not None else _CARRY_ON
         if trainer.world_size > 1:
             local = self._exchange(trainer.strategy.root_device, local)
+        if local == _RUN_DIR_LOST:
+            raise UserError(lost or "the run dir was taken over by another job (rank 0 names it)", on_every_rank=True)
         if local:
             self._agreed = True
             if self.signalled_at is None:
@@ -110,7 +125,7 @@ class PreemptionFlag:
                         self.signal_name or "a peer rank's signal", trainer.global_step)
         return self._agreed
 
-    def _exchange(self, device, local: bool) -> bool:
+    def _exchange(self, device, local: int) -> int:
         """All-reduce MAX of this step's flag; on a GPU, returns the result of LAG_STEPS_ON_GPU steps ago."""
         import torch
         import torch.distributed as dist
@@ -120,17 +135,17 @@ class PreemptionFlag:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.device.type != "cuda":
-            return bool(flag.item())
+            return int(flag.item())
         host = torch.empty(1, dtype=torch.int32, pin_memory=True)
         host.copy_(flag, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
         self._pending.append((host, done))
         if len(self._pending) <= self.LAG_STEPS_ON_GPU:
-            return False
+            return _CARRY_ON
         host, done = self._pending.popleft()
         done.synchronize()  # finished steps ago: returns at once
-        return bool(host.item())  # a host tensor: no device sync
+        return int(host.item())  # a host tensor: no device sync
 
 
 def keep_handlers_callback(flag: PreemptionFlag):

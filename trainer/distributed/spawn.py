@@ -36,16 +36,18 @@ def torchrun_command(frozen_config: Path, nproc: int) -> list[str]:
     ]
 
 
-def relaunch_local(frozen_config: Path, nproc: int, run_id: str, max_restarts: int = 0) -> int:
+def relaunch_local(frozen_config: Path, nproc: int, run_id: str, max_restarts: int = 0,
+                   lock_token: str | None = None) -> int:
     """Run the ranks; when they fail, start them again from the newest checkpoint, up to `max_restarts`
     times. Returns 0, REQUEUE_EXIT (preempted), the code of a rank's clean error exit (2: a user error,
     STORAGE_ERROR_EXIT), or RANKS_FAILED_EXIT once the restarts are used up. SIGTERM/SIGINT/SIGUSR1
-    are passed on, and end the job without a restart."""
+    are passed on, and end the job without a restart. `lock_token`: this launcher's run-dir lock, which
+    the ranks' rank 0 watches (tracking/run_lock.py)."""
     signalled: list[int] = []
     for attempt in range(max_restarts + 1):
         started = time.time()
         with tempfile.TemporaryDirectory(prefix="trainer-exits-") as records:
-            code = _run_torchrun(frozen_config, nproc, run_id, Path(records), signalled)
+            code = _run_torchrun(frozen_config, nproc, run_id, Path(records), signalled, lock_token)
             clean_exits = _read_exit_records(Path(records))
         if code == 0:
             return 0
@@ -69,9 +71,14 @@ def relaunch_local(frozen_config: Path, nproc: int, run_id: str, max_restarts: i
     return RANKS_FAILED_EXIT
 
 
-def _run_torchrun(frozen_config: Path, nproc: int, run_id: str, records: Path, signalled: list[int]) -> int:
+def _run_torchrun(frozen_config: Path, nproc: int, run_id: str, records: Path, signalled: list[int],
+                  lock_token: str | None = None) -> int:
+    from trainer.tracking.run_lock import TOKEN_ENV
+
     env = dict(os.environ)
     env["TRAINER_RUN_ID"] = run_id
+    if lock_token:
+        env[TOKEN_ENV] = lock_token
     env[EXIT_RECORDS_ENV] = str(records)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env.setdefault("PET_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)

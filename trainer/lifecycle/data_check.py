@@ -397,13 +397,16 @@ def wandb_callbacks(folder: Path) -> list:
     from pytorch_lightning import Callback
 
     class LogDataCheck(Callback):
-        def on_fit_start(self, trainer, pl_module) -> None:
+        # Into the row of the first step of this session (after a resume, the step restored from the checkpoint),
+        # left open for that step's metrics: a row committed on its own at W&B's own step counter took step 0 of
+        # a fresh run (its train/loss was then dropped as out of order) and restarted a resumed run's axis at 0.
+        def on_train_start(self, trainer, pl_module) -> None:
             if not trainer.is_global_zero:
                 return
             for lg in trainer.loggers:
                 if type(lg).__name__.endswith("WandbLogger"):
                     try:
-                        lg.experiment.log({"data_check": wandb_table(json.loads(path.read_text()))})
+                        lg.log_metrics({"data_check": wandb_table(json.loads(path.read_text()))}, step=trainer.global_step)
                     except Exception as e:  # noqa: BLE001 - W&B never stops training
                         log.warning("could not log the data check to W&B (%s)", e)
 

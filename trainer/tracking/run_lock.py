@@ -14,6 +14,12 @@ Who may take a lock that is held:
 
 The file is never renamed or deleted (an empty one is free): every read and write of it happens
 under an flock on it, so two jobs deciding at the same moment cannot both win.
+
+A holder can lose its lock while it runs: its heartbeat stalled longer than `stale_after_s` (an NFS
+hang, a suspended job), or a requeue of the same job id started while it still ran. Then two jobs
+would write the run dir again, so the job that lost it stops at its next step boundary, without
+saving, exit 2, naming the new holder: training's rank 0 watches the lock (`watch`) and every rank
+agrees on stopping with the preemption check (distributed/preemption.py).
 """
 from __future__ import annotations
 
@@ -59,37 +65,83 @@ def this_process(job_id: str | None) -> Holder:
                   boot_id=_read("/proc/sys/kernel/random/boot_id"), pid_ns=_pid_namespace(), start_ticks=_start_ticks(pid))
 
 
-class RunLock:
-    """A held lock: heartbeats in a daemon thread until `release()` (also called at exit)."""
+# The ranks a lock holder starts itself (trainer/distributed/spawn.py) watch its lock by this token.
+TOKEN_ENV = "TRAINER_RUN_LOCK_TOKEN"
+_HELD: dict[Path, "RunLock"] = {}  # the locks this process holds, by path
 
-    def __init__(self, path: Path, holder: Holder, heartbeat_s: float):
-        self.path, self.holder = path, holder
+
+def heartbeat_s(stale_after_s: float) -> float:
+    """How often a holder touches its lock, and its ranks look at it: well inside `stale_after_s`."""
+    return max(0.5, stale_after_s / 8)
+
+
+class LockWatch:
+    """Looks at a lock this job holds (by its token) every `every_s` in a daemon thread: `taken_by` is None
+    while the job holds it, then whoever took it. The holder's own watch also heartbeats (`touch`)."""
+
+    def __init__(self, path: Path, token: str, every_s: float, *, touch: bool = False):
+        self.path, self.token, self.touch = path, token, touch
+        self.taken_by: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), name="run-dir-lock", daemon=True)
+        self._thread = threading.Thread(target=self._watch, args=(every_s,), name="run-dir-lock", daemon=True)
         self._thread.start()
-        atexit.register(self.release)
 
-    def _beat(self, every_s: float) -> None:
+    def _watch(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
             try:
                 with _locked(self.path) as fd:
                     current = _parse(_read_fd(fd))
-                    if current is None or current.token != self.holder.token:
-                        log.error("run-dir lock %s was taken over by %s: two jobs may now write this run dir",
-                                  self.path, current.describe() if current else "nobody (emptied)")
+                    if current is None or current.token != self.token:
+                        self.taken_by = f"another job ({current.describe()})" if current else \
+                            "nobody: its lock file was emptied or deleted"
+                        log.warning("run dir %s was taken over by %s; this job stops at its next training step",
+                                    self.path.parent, self.taken_by)
                         return
-                    os.utime(self.path)
+                    if self.touch:
+                        os.utime(self.path)
             except OSError as e:  # a heartbeat missed is not worth ending training for
                 log.warning("run-dir lock %s: heartbeat failed (%s)", self.path, e)
+
+    def lost(self, step: int) -> str | None:
+        """None while this job holds the lock; else the error that ends it at training step `step`."""
+        if self.taken_by is None:
+            return None
+        return (f"run dir {self.path.parent} was taken over by {self.taken_by} while this job ran: this job stopped "
+                f"at step {step} without saving, so that only one job writes the run dir. A lock is taken over when "
+                f"its holder's heartbeat is older than run.lock_stale_after_s (a holder on another host that stalled, "
+                f"e.g. on a hung filesystem or suspended: raise it), or by a requeue of the same job id (only one "
+                f"of them should run).")
+
+
+class RunLock(LockWatch):
+    """A held lock: heartbeats in a daemon thread until `release()` (also called at exit)."""
+
+    def __init__(self, path: Path, holder: Holder, heartbeat_s: float):
+        self.holder = holder
+        super().__init__(path, holder.token, heartbeat_s, touch=True)
+        _HELD[path] = self
+        atexit.register(self.release)
 
     def release(self) -> None:
         if self._stop.is_set() or os.getpid() != self.holder.pid:  # a forked child does not own it
             return
         self._stop.set()
+        _HELD.pop(self.path, None)
         with contextlib.suppress(OSError), _locked(self.path) as fd:
             current = _parse(_read_fd(fd))
             if current is not None and current.token == self.holder.token:
                 os.ftruncate(fd, 0)
+
+
+def watch(path: Path, stale_after_s: float) -> LockWatch | None:
+    """For training's rank 0: the watch on this job's lock of `path`, held by this process (a plain run,
+    rank 0 under an external launcher) or by the launcher that started this rank (`TOKEN_ENV`); None
+    when this job holds no lock there."""
+    path = Path(path).absolute()
+    if path in _HELD:
+        return _HELD[path]
+    token = os.environ.get(TOKEN_ENV)
+    return LockWatch(path, token, heartbeat_s(stale_after_s)) if token else None
 
 
 def acquire(path: Path, *, job_id: str | None, stale_after_s: float) -> RunLock:
@@ -101,7 +153,7 @@ def acquire(path: Path, *, job_id: str | None, stale_after_s: float) -> RunLock:
             log.warning("run-dir lock %s: taking it over from %s", path, taking_over)
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(asdict(me), indent=1) + "\n").encode(), 0)
-    return RunLock(path, me, heartbeat_s=max(0.5, stale_after_s / 8))
+    return RunLock(Path(path).absolute(), me, heartbeat_s=heartbeat_s(stale_after_s))
 
 
 def check(path: Path, *, job_id: str | None, stale_after_s: float) -> None:
