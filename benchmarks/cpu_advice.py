@@ -14,8 +14,9 @@ in one process, interleaved (the order rotates every round). Per variant: the me
 time per step after warm-up (compilation stays in the warm-up), and the ratios to `default` of
 the same round (the median of the per-round ratios). The headline is the CPU-time ratio: on a
 shared machine wall time mostly measures the neighbours (run with trainer.num_threads=1 there).
-The verdict's CPU advice (trainer/observability/verdict.py CPU_FIXES) names only the fixes whose
-ratio here is clearly below 1. `--resummarize FILE` recomputes the table from a saved JSON.
+The verdict's CPU advice (trainer/observability/verdict.py `compute_fixes`; the ratios measured
+here are copied into its CPU_BF16_RATIO and CPU_COMPILE_RATIO) names only the fixes whose ratio
+here is clearly below 1. `--resummarize FILE` recomputes the table from a saved JSON.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from trainer.config import LauncherConfig, validate_launcher
+from trainer.config import LauncherConfig, cpus_per_rank, validate_launcher
 # The trainer's exit code after a preemption checkpoint: the SLURM batch script requeues on it.
 from trainer.distributed.preemption import REQUEUE_EXIT as REQUEUE_EXIT_CODE
 from trainer.errors import UserError, closest
@@ -41,7 +41,7 @@ class JobSpec:
     @property
     def cpus_per_rank(self) -> int:
         """launcher.cpus_per_task, else one core per loader worker and one for the rank itself."""
-        return self.launcher.cpus_per_task or self.num_workers + 1
+        return cpus_per_rank(self.launcher.cpus_per_task, self.num_workers)
 
     def train_args(self) -> list[str]:
         """What follows `python -m trainer.train` in the job: --config-dir, then the overrides."""

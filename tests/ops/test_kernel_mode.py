@@ -111,6 +111,26 @@ def test_fused_without_a_compiler_is_one_clear_user_error(tmp_path):
     assert "kernels=auto" in r.stdout  # the message names the way out
 
 
+def test_fused_without_the_kernel_sources_says_a_non_editable_install_lacks_them(tmp_path):
+    """A wheel or `pip install .` has no csrc/ (it is not package data): kernels=fused says so and names the
+    editable install; kernels=auto on CPU never needs the sources and runs on the reference."""
+    code = (
+        "from pathlib import Path\n"
+        "from trainer import ops\n"
+        "from trainer.errors import UserError\n"
+        "from trainer.ops import build\n"
+        f"build.CSRC = Path({str(tmp_path / 'site-packages' / 'csrc')!r})\n"
+        "print('AUTO', ops.set_kernel_mode('auto'))\n"
+        "try:\n    ops.set_kernel_mode('fused')\n"
+        "except UserError as e:\n    print('USER_ERROR', e)\n"
+    )
+    r = _python(code, {"TRAINER_CACHE": str(tmp_path)})
+    assert "AUTO reference" in r.stdout, r.stderr
+    assert "USER_ERROR kernels=fused, but the custom kernels cannot be built" in r.stdout, r.stderr
+    assert f"the kernel sources (csrc/) are not at {tmp_path / 'site-packages' / 'csrc'}" in r.stdout
+    assert "non-editable install" in r.stdout and "pip install -e ." in r.stdout and "kernels=auto" in r.stdout
+
+
 def test_a_held_build_lock_times_out_with_a_message(tmp_path):
     from filelock import FileLock
 

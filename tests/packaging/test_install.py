@@ -61,6 +61,13 @@ def test_a_non_editable_core_install_trains_and_exports_from_another_directory(t
 
     run([bin_dir / "trainer-export", f"run.dir={run_dir}"], elsewhere, env, 300)
     assert (run_dir / "export" / "model.safetensors").stat().st_size > 0
+    # csrc/ is not package data: kernels=fused is one clear error naming the editable install, exit 2.
+    fused = subprocess.run([bin_dir / "trainer-train", f"run.dir={tmp_path / 'fused'}", f"paths.cache_dir={shared_cache}",
+                            "kernels=fused", "trainer.max_steps=1"], cwd=elsewhere, env={**env, "WANDB_MODE": "offline"},
+                           capture_output=True, text=True, timeout=300)
+    assert fused.returncode == 2, fused.stdout[-2000:] + fused.stderr[-3000:]
+    assert "the kernel sources (csrc/) are not at" in fused.stderr and "pip install -e ." in fused.stderr, fused.stderr
+    assert "Traceback" not in fused.stderr
     for script in ("trainer-evaluate", "trainer-report", "trainer-generate", "trainer-torchrun", "trainer-slurm",
                    "trainer-k8s"):
         assert (bin_dir / script).is_file(), script

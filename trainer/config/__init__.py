@@ -33,6 +33,7 @@ from trainer.config.schema import (
     StrategyConfig,
     TrainConfig,
     TrainerConfig,
+    cpus_per_rank,
 )
 from trainer.config.validate import (
     check_drift_config,
@@ -54,6 +55,6 @@ __all__ = [
     "PromoteConfig", "RegistryConfig", "RunConfig", "StrategyConfig", "TrainConfig", "TrainerConfig",
     "check_drift_config", "check_pipeline_config", "check_promote_config", "check_quality_config",
     "check_registry_config", "check_target", "complete_target_sections", "compose_config", "compose_unchecked",
-    "config_dir_overrides", "explain_hydra_error", "group_options", "import_target", "normalize_overrides",
+    "config_dir_overrides", "cpus_per_rank", "explain_hydra_error", "group_options", "import_target", "normalize_overrides",
     "quality_of", "schema_keys", "signature_params", "split_config_dir", "validate", "validate_launcher",
 ]

@@ -200,7 +200,7 @@ class LauncherConfig:
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    cpus_per_task: Optional[int] = None  # per rank; None: data.num_workers + 1 (its loader workers and itself)
+    cpus_per_task: Optional[int] = None  # per rank; None: cpus_per_rank() (data.num_workers + 1)
     mem: Optional[str] = None  # e.g. 0 for the whole node, 400G
     signal_seconds: int = 120  # USR1 this long before the time limit: time to save a checkpoint
     requeue: bool = True
@@ -344,10 +344,19 @@ class TrainConfig:
     pipeline: Optional[PipelineConfig] = None  # set by `pipeline=retrain` (python -m trainer.pipeline)
 
 
+def cpus_per_rank(cpus_per_task: Optional[int], num_workers: Optional[int]) -> int:
+    """CPUs a SLURM task (one rank) asks for: launcher.cpus_per_task, else one per data loader worker and
+    one for the rank itself. launch.slurm and the Hydra submitit sweep (`${cpus_per_rank:...}`) both use it."""
+    return int(cpus_per_task) if cpus_per_task else int(num_workers or 0) + 1
+
+
 def register_schema() -> None:
+    from omegaconf import OmegaConf
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     # Text data configs pull this in (`defaults: [quality: default]`) as data.quality.
     cs.store(group="data/quality", name="default", node=DataQualityConfig)
+    # configs/hydra/launcher/slurm.yaml derives cpus_per_task the way launch.slurm does.
+    OmegaConf.register_new_resolver("cpus_per_rank", cpus_per_rank, replace=True)

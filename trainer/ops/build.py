@@ -68,12 +68,20 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def sources(with_cuda: bool) -> list[Path]:
     """The C++ sources always; the .cu files only for a CUDA build."""
-    if not CSRC.is_dir():
-        raise KernelBuildError(f"kernel sources not found at {CSRC} (the csrc/ folder ships with the repository)")
+    _check_sources()
     found = sorted(CSRC.rglob("*.cpp"))
     if with_cuda:
         found += sorted(CSRC.rglob("*.cu"))
     return found
+
+
+def _check_sources() -> None:
+    # csrc/ sits next to trainer/ in a checkout and is not package data: a wheel or a non-editable
+    # `pip install .` has no kernel sources, only a prebuilt library (the container's) can serve there.
+    if not CSRC.is_dir():
+        raise KernelBuildError(
+            f"the kernel sources (csrc/) are not at {CSRC}: a non-editable install (a wheel, `pip install .`, a "
+            "git URL) does not ship them; for the fused kernels install from a checkout with `pip install -e .`")
 
 
 def source_hash(with_cuda: bool) -> str:
@@ -259,6 +267,7 @@ def _load(with_cuda: bool, cache_dir, lock_timeout_s: float | None, verbose: boo
         _LOADED = BuildInfo(str(prebuilt / meta["library"]), with_cuda, meta["archs"], "prebuilt", 0.0)
         return _LOADED
 
+    _check_sources()  # before the toolchain checks: without sources nothing else matters
     archs = device_archs() if with_cuda else ""
     identity = _identity(with_cuda, archs)
     directory = cache_root(cache_dir) / _key(identity)

@@ -173,7 +173,9 @@ class WandbLogger(_LightningWandbLogger):
     Arguments left None are W&B's own defaults (project: $WANDB_PROJECT, else "trainer"; entity:
     $WANDB_ENTITY or your default entity); `save_dir`, `name`, `id`, `group` and `config` are filled by
     the trainer from the run. `mode`: auto | online | offline | disabled (see resolve_wandb_mode).
-    `job_type`: train (evaluate and export runs use their own). `init_timeout_s` bounds the online start.
+    `job_type`: train. Evaluate and export make no W&B run of their own: they resume this run (its id, from
+    the run dir) and log into it, the eval summary and the HF export artifact (tracking/artifacts.py), so one
+    W&B run holds a model's whole history. `init_timeout_s` bounds the online start.
     `flush_interval_s`: how often W&B's service writes the run file (the most a checkpoint waits for it).
     `log_checkpoint`: also log the final checkpoint as a model artifact (exports always are).
     """
