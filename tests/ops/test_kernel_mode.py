@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trainer import ops
 from trainer.errors import UserError
 from trainer.models.gpt import GPT, GPTConfig
-from trainer.ops import build
+from trainer.ops import auto, build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,8 +69,15 @@ def test_auto_on_cpu_uses_the_reference_and_says_why(kernels_loaded):
 
 
 def test_auto_with_a_failing_cuda_build_falls_back_and_warns_once(monkeypatch, caplog):
-    """A GPU machine whose toolchain cannot build (CUDA is the boundary faked here)."""
+    """A GPU machine whose toolchain cannot build (CUDA is the boundary faked here), on a GPU where
+    the auto table picks a kernel (auto builds only then)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (9, 0))
+    entry = {"device": {"name": "NVIDIA H200", "capability": "9.0"}, "sources": auto.source_hashes(),
+             "ops": {"swiglu": {"eager": {"fwd": 2.0, "fwd_bwd": 2.0}}}}
+    monkeypatch.setattr(auto, "load_table", lambda path=None: {"entries": [entry]})
     monkeypatch.setattr(ops, "_WARNED", False)
 
     def failing_load(with_cuda, cache_dir=None):
