@@ -105,7 +105,8 @@ def perf_goals(bench: Path) -> list[str]:
             r = o["wall_ratio_ours_vs_handwritten"]
             lines.append(f"- {'PASS' if r <= 1.05 else 'MISS'} tiny model on the GPU ({label}): ours / hand-written wall "
                          f"time per step {r:.3f}, plain Lightning {o['variants']['lightning']['paired_wall_ratio']:.3f} "
-                         f"(goal <= 1.05)")
+                         f"(goal <= 1.05; kernels={o.get('kernels', '?')} in every variant"
+                         f"{'' if o.get('same_kernel_routes_in_every_variant', True) else ', BUT THE VARIANTS RAN DIFFERENT OPS'})")
         else:
             lines.append(f"- NOT RUN tiny model on the GPU ({label})")
     return lines
