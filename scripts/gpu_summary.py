@@ -86,7 +86,7 @@ def perf_goals(bench: Path) -> list[str]:
         for name, goal in (("ours_reference", 1.0), ("ours_auto", 1.0)):
             r = ratios.get(name)
             lines.append(f"- {'PASS' if r is not None and r >= goal else 'MISS' if r is not None else 'NOT RUN'} "
-                         f"GPT-2-124M {name} / hand-written + compile, tokens/s, same run: "
+                         f"GPT-2-124M {name} / hand-written + compile, tokens/s, same benchmark run: "
                          f"{'-' if r is None else f'{r:.3f}'} (goal >= {goal:.2f})")
         for model, label, goal in (("gpt2", "GPT-2-124M", 0.50), ("1b", "~1.1B", 0.50)):
             best = None

@@ -64,6 +64,7 @@ def test_mfu_smoke_runs_baseline_ours_and_zero2_through_the_real_fit(tmp_path, s
         assert rows[name]["config"]["micro_batch"] == 4 and rows[name]["config"]["precision"] == "32-true"
     assert rows["ours_auto"]["kernels"]["requested"] == "auto" and rows["ours_reference"]["kernels"]["requested"] == "reference"
     assert data["ratios_vs_handwritten"]["ours_reference"] > 0 and data["ratios_vs_handwritten"]["ours_auto"] > 0
+    assert len({r["bench_run"] for r in rows.values()}) == 1  # one invocation: one benchmark run
     zero2 = rows["zero2_1b"]
     assert zero2["status"] == "ok" and zero2["config"]["strategy"] == "deepspeed ZeRO-2", zero2
     assert "zero2_1b" not in data["ratios_vs_handwritten"]  # another model: no ratio
