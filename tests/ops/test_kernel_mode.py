@@ -145,10 +145,18 @@ def test_a_prebuilt_directory_is_used_only_when_it_matches(kernels_loaded, tmp_p
     shutil.copy(built / "trainer_kernels.so", prebuilt / "trainer_kernels.so")
     monkeypatch.setenv("TRAINER_KERNELS_DIR", str(prebuilt))
     assert build._matching_prebuilt(with_cuda=False) == prebuilt
+    # `python -m trainer.ops.build --reuse` (scripts/gpu_check.sh's second call) keeps it, without compiling
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although --out held a matching build")
+
+    monkeypatch.setattr(build, "compile_extension", no_compile)
+    assert build.main(["--cpu-only", "--reuse", "--out", str(prebuilt)]) == 0
     meta = json.loads((prebuilt / build.META_FILE).read_text())
     meta["sources"] = "0" * 64  # built from other sources: must not be loaded
     (prebuilt / build.META_FILE).write_text(json.dumps(meta))
     assert build._matching_prebuilt(with_cuda=False) != prebuilt
+    with pytest.raises(AssertionError, match="compiled although"):  # stale: --reuse builds again
+        build.main(["--cpu-only", "--reuse", "--out", str(prebuilt)])
 
 
 def test_arch_coverage():
