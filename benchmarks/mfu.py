@@ -10,8 +10,11 @@ within one time budget.
 Every row says what actually ran: each op's route (fused kernel or PyTorch reference, from
 trainer.ops.kernel_status() in the process that trained), torch.compile and its mode, the
 micro-batch, the precision, the attention backends allowed, the strategy. "vs hand-written" is
-given only for rows run in the same process run as the baseline with the same model, micro-batch,
-precision and compile mode (tokens/s ratio); the other rows report MFU alone.
+given only for rows of the same benchmark run as the baseline with the same model, micro-batch,
+precision and compile mode (tokens/s ratio); the other rows report MFU alone. A benchmark run is
+one invocation, or several `--append` invocations given one `--bench-run` id (scripts/gpu_bench.sh
+runs its rows that way: one machine, minutes apart, interleaved with other benchmarks). Each row
+runs in its own process either way, so "same run" never means "same process".
 
 GPT-2-124M: the gpt2_124m experiment's shape (12 x 768, 12 heads, SwiGLU 2048, seq 1024, tied
 embeddings) with vocab 50304, bf16-mixed. Data: this interpreter's stdlib as byte tokens through
@@ -299,6 +302,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny model, no compile: checks the script on a CPU")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out") + "/bench")
     ap.add_argument("--append", action="store_true", help="add to the results already in --out/mfu.json")
+    ap.add_argument("--bench-run", default=os.environ.get("BENCH_RUN_ID"),
+                    help="the benchmark run's id, stamped on every row (default $BENCH_RUN_ID, else a new one "
+                         "per invocation): ratios are given only between rows with the same id")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--json", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra config overrides for every row")
@@ -316,6 +322,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    bench_run = args.bench_run or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     info = machine()
     peak = bf16_peak_tflops(info["gpu"]) if info["gpu"] else None
     previous = out / "mfu.json"
@@ -338,6 +345,7 @@ def main() -> None:
             row_batch = row.batch or (batch if batch != "auto" or args.smoke else 16)  # no baseline: 16
             res = _run_child(args, name, row_batch, left, out)
         res["row"] = asdict(row)
+        res["bench_run"] = bench_run
         results[name] = res
         if name == "handwritten" and "batch_size" in res:
             batch = res["batch_size"]
@@ -394,9 +402,12 @@ def _tokens_per_s(r: dict) -> float | None:
 
 
 def comparable(r: dict, base: dict) -> bool:
-    """Same model, micro-batch, precision, compile mode and attention backends as the baseline: the
-    rows whose tokens/s ratio to it means something (the kernels may differ: the label says which)."""
+    """Same benchmark run, model, micro-batch, precision, compile mode and attention backends as the
+    baseline: the rows whose tokens/s ratio to it means something (the kernels may differ: the label
+    says which)."""
     if r.get("status") != "ok" or base.get("status") != "ok":
+        return False
+    if r.get("bench_run") is None or r.get("bench_run") != base.get("bench_run"):
         return False
     keys = ("model", "micro_batch", "seq_len", "precision", "compile", "compile_mode", "fused_loss", "attention")
     return all(r["config"].get(k) == base["config"].get(k) for k in keys)
@@ -451,7 +462,7 @@ def _table(results: dict, peak: float | None, info: dict) -> str:
         rows.append([name, describe_row(r), f"{tps:,.0f}", mfu, ratio, f"{1e3 * r['mean_step_s']:.1f}",
                      f"{r['first_step_s']:.1f}", f"{r.get('peak_mem_gib') or 0:.1f}", "ok"])
     head = f"{describe(info)}; dense bf16 peak {peak} TFLOP/s\n\n"
-    return head + markdown_table(["row", "configuration that ran", "tokens/s", "MFU", "tokens/s vs hand-written (same run)",
+    return head + markdown_table(["row", "configuration that ran", "tokens/s", "MFU", "tokens/s vs hand-written (same benchmark run)",
                                   "step (ms)", "compile + first step (s)", "peak mem (GiB)", "status"], rows)
 
 

@@ -1,7 +1,8 @@
 """Framework overhead: the same model, data, optimizer and precision for the same steps, three ways.
 
     python benchmarks/overhead.py [--quick] [--rounds 4] [--steps 30] [--device cpu|cuda]
-                                  [--model default|nano] [--threads 1] [--json out.json] [--plot out.png]
+                                  [--model default|nano] [--threads 1] [--kernels reference|auto|fused]
+                                  [--json out.json] [--plot out.png]
 
   hand-written  nanoGPT's loop: memmap batches, AdamW, clipping, loss read every 10 steps
   lightning     a plain pl.Trainer (no logger, checkpointing, progress bar or validation) on
@@ -23,6 +24,11 @@ the run queue (other threads or processes had the cores) or blocked (I/O, a lock
 device sync), from /proc/thread-self/schedstat. The default model is the default experiment's
 (GPT 0.9M, seq 256, batch 8); `--model nano` (1 layer, d 32, seq 32, batch 4) makes the step so
 small that the difference ours - hand-written is the framework's per-step host cost.
+
+The op implementations (trainer.ops) are process-wide, and ours' run_fit sets them from its
+config, so every variant sets `--kernels` itself before it runs (default reference: the
+hand-written loop's own ops, so the ratio is framework overhead, not kernel choice). Each round
+records the routes each variant ran (op -> fused | reference on the device) in the JSON.
 
 No checkpoint falls inside the timed steps (the default cadence is every 100 steps); the
 final save of each `ours` round is timed separately and reported amortised over the cadence.
@@ -69,14 +75,19 @@ NANO = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_le
 
 
 def run_variant(name: str, cfg, overrides: list[str], dm, device: str, warmup: int, total: int, workdir: Path, r: int) -> dict:
+    from trainer import ops
+
     cuda = device == "cuda"
+    # The mode is process-wide and ours' run_fit leaves its choice set: without this, the variant
+    # after ours would run ours' routes and the one before it the previous state.
+    ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir), compiled=bool(cfg.trainer.compile))
     clock = StepClock(warmup=warmup, total=total, cuda=cuda)
     if name.startswith("ours"):
         slug = name.replace(" ", "").replace("&", "")
         code = run_ours([*overrides, *ABLATIONS.get(name, []), f"run.dir={workdir}/{slug}-{r}"], [clock_callback(clock)])
         if code:
             raise RuntimeError(f"our trainer exited with code {code}")
-        return clock.summary()
+        return clock.summary() | {"kernel_routes": kernel_routes(ops.kernel_status(), device)}
     net, module = build_net_and_module(cfg, dm)
     if name == "hand-written":
         o = cfg.optim
@@ -90,7 +101,17 @@ def run_variant(name: str, cfg, overrides: list[str], dm, device: str, warmup: i
         trainer = plain_lightning_trainer(device=device, precision="bf16-mixed" if cuda else "32-true", max_steps=total,
                                           gradient_clip_val=cfg.trainer.gradient_clip_val, callbacks=[clock_callback(clock)])
         trainer.fit(module, datamodule=dm)
-    return clock.summary()
+    return clock.summary() | {"kernel_routes": kernel_routes(ops.kernel_status(), device)}
+
+
+def kernel_routes(status: dict, device: str) -> dict[str, str]:
+    """op -> fused | reference on the device the variant trained on (after it ran: what it used)."""
+    return {op: info["cuda" if device == "cuda" else "cpu"] for op, info in status["ops"].items()}
+
+
+def describe_routes(routes: dict[str, str]) -> str:
+    fused = [op for op, impl in routes.items() if impl == "fused"]
+    return "reference ops" if not fused else "all fused" if len(fused) == len(routes) else "fused " + "+".join(fused)
 
 
 def main() -> None:
@@ -105,6 +126,9 @@ def main() -> None:
     ap.add_argument("--metric", choices=("wall", "cpu"), default=None,
                     help="the headline: wall (default: the mean wall time per step, i.e. throughput) or cpu "
                          "(the median process CPU time per step)")
+    ap.add_argument("--kernels", choices=("reference", "auto", "fused"), default="reference",
+                    help="the op implementations (kernels=...), set for every variant before it runs (default "
+                         "reference: the hand-written loop's ops, so the ratio is framework overhead alone)")
     ap.add_argument("--compile", default=None, metavar="MODE",
                     help="torch.compile the model in every variant with this mode (default, reduce-overhead: the "
                          "step's forward and backward replayed as CUDA graphs, ...)")
@@ -122,7 +146,8 @@ def main() -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     total = args.warmup + args.steps
-    overrides = [*(NANO if args.model == "nano" else []), f"trainer.max_steps={total}", *args.overrides]
+    overrides = [*(NANO if args.model == "nano" else []), f"trainer.max_steps={total}", f"kernels={args.kernels}",
+                 *args.overrides]
     if args.compile:
         overrides += ["trainer.compile=true", f"trainer.compile_mode={args.compile}"]
     if device == "cuda":
@@ -161,6 +186,9 @@ def main() -> None:
     key = "mean_step_s" if metric == "wall" else "median_cpu_step_s"
     paired = "paired_wall_ratio" if metric == "wall" else "paired_cpu_ratio"
     every = cfg.checkpoint.every_n_steps
+    # The ratio compares framework overhead only if every variant ran the same ops in every round.
+    routes = {v: rs[0]["kernel_routes"] for v, rs in results.items()}
+    same_routes = all(r["kernel_routes"] == routes["hand-written"] for rs in results.values() for r in rs)
     saves = [s for r in results["ours"] for s in r["checkpoint_save_s"]]
     save_s = statistics.median(saves) if saves else 0.0
     summary = {
@@ -169,6 +197,9 @@ def main() -> None:
         "device": device,
         "model": args.model,
         "compile": args.compile,
+        "kernels": cfg.kernels,
+        "kernel_routes": routes,
+        "same_kernel_routes_in_every_variant": same_routes,
         "shape": {k: cfg.model[k] for k in ("d_model", "n_layers", "n_heads", "seq_len")} | {"batch_size": cfg.data.batch_size},
         "threads": args.threads if device == "cpu" else None,
         "rounds": args.rounds, "timed_steps": args.steps, "warmup_steps": args.warmup,
@@ -200,8 +231,10 @@ def main() -> None:
     table = markdown_table(["variant", "mean step, wall (ms)", "wall ratio (paired)", "median step, wall (ms)",
                             "median wall ratio", "median CPU/step (ms)", "CPU ratio (paired)",
                             "CPU incl. children ratio", "main thread: on CPU (ms)", "run queue (ms)", "blocked (ms)"], rows)
+    ran = describe_routes(routes["hand-written"]) if same_routes else "DIFFERENT ops per variant: " + ", ".join(
+        f"{v} {describe_routes(r)}" for v, r in routes.items())
     print(f"\n{describe(info)}\ndevice {device}, model {args.model} {summary['shape']}, "
-          f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}, "
+          f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}, kernels={cfg.kernels} ({ran}), "
           f"{args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up) per variant"
           + (f", {args.threads} torch thread(s)" if device == "cpu" else ""))
     print(table)
@@ -219,7 +252,8 @@ def main() -> None:
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(f"overhead, {describe(info)}, device {device}, model {args.model}, "
-                                    f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}\n\n{table}\n\n"
+                                    f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}, "
+                                    f"kernels={cfg.kernels} ({ran})\n\n{table}\n\n"
                                     f"ours - hand-written ({metric} time): {summary['host_overhead_us_per_step']:.0f} us/step\n")
     if args.plot:
         _plot(results, summary, args.plot)

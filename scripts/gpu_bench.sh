@@ -2,7 +2,7 @@
 # The trainer-level GPU benchmarks, most important first, within one time budget (scripts/gpu_check.sh's
 # "mfu_bench" step). Each row runs in its own process; a row that cannot fit is reported as skipped.
 #   1. GPT-2-124M: hand-written + torch.compile, then ours + torch.compile with the same (reference) ops:
-#      the framework's own cost, same run (~95 s)
+#      the framework's own cost, same benchmark run (~95 s)
 #   2. framework overhead on the GPU, default tiny model, eager: hand-written vs plain Lightning vs ours (~35 s)
 #   3. GPT-2-124M: ours with kernels=auto (the default) and kernels=fused (~80 s)
 #   4. the tiny model again with torch.compile mode reduce-overhead in all three (CUDA graphs) (~60 s)
@@ -17,6 +17,9 @@ export OUT=${OUT:-$PWD/gpu_out}
 out="$OUT/bench"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# One id for every mfu.py call below: their rows are one benchmark run, so ratios between them are
+# given (benchmarks/mfu.py --bench-run); rows left in mfu.json by an earlier run are not compared.
+export BENCH_RUN_ID=${BENCH_RUN_ID:-$(date -u +%Y%m%dT%H%M%SZ)-$$}
 budget=${BENCH_BUDGET_S:-225}
 py=${PYTHON:-python3}
 left() { echo $(( budget - SECONDS )); }

@@ -179,7 +179,10 @@ def test_compute_bound_on_a_cpu_advises_only_what_was_measured_to_help_there():
     done = decide(evidence(device="cpu", precision="bf16-mixed", compiled=True, cpu_native_bf16=True), Thresholds())
     assert "bf16" not in done.fix and "compile" not in done.fix  # what the run already does is not advised
     gpu = decide(evidence(device="cuda", precision="bf16-mixed", compiled=False), Thresholds())
-    assert "bf16" not in gpu.fix and "trainer.compile=true" in gpu.fix and "kernels=fused" in gpu.fix
+    assert "bf16" not in gpu.fix and "trainer.compile=true" in gpu.fix and "more devices" in gpu.fix
+    # never kernels=fused: it forces kernels measured slower than compile; auto already picks per op
+    assert "kernels" not in gpu.fix
+    assert "kernels" not in decide(evidence(device="cuda", precision="32-true", compiled=True), Thresholds()).fix
 
 
 def test_input_bound_names_the_wait_and_the_fix():

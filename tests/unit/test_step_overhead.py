@@ -40,6 +40,21 @@ def test_no_host_read_of_a_tensor_between_logging_steps(shared_cache):
     assert "train/loss" in result["bar"], result["bar"]
 
 
+def test_the_host_read_counter_sees_the_reads_of_a_logging_step(shared_cache):
+    """The positive control of the test above: the same run, with a window that holds a logging step
+    (step 10), where the trainer and Lightning do read the loss. The counter must see both, the
+    progress bar's read in trainer/ and Lightning's metric conversion, or an empty count above would
+    only mean that the wrapper never matched (a wrong WATCHED path, a method Lightning stopped using)."""
+    proc = _python(["tests/fixtures/host_syncs.py", "5", "15", *NANO, "trainer.log_every_steps=10",
+                    f"paths.cache_dir={shared_cache}"], env={"TRAINER_CACHE": str(shared_cache)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0
+    calls = result["calls"]
+    assert any("/trainer/tracking/console.py:" in where for where in calls), calls
+    assert any(where.startswith(("pytorch_lightning/", "lightning_fabric/")) for where in calls), calls
+
+
 def test_callback_hooks_nobody_implements_are_not_dispatched():
     import pytorch_lightning as pl
 
