@@ -106,6 +106,11 @@ def test_the_default_experiment_trains_in_the_container_and_the_host_exports_it(
     # Written as the unprivileged user, into the mounted volume.
     assert {p.lstat().st_uid for p in run.rglob("*")} == {USER}
     assert "run summary" in r.stdout + r.stderr
+    # The image's own HOME and cache, with no volume over them (every training container here mounts one
+    # on the cache), take nested directories and files from a uid not the image's: `--user` alone must work.
+    podman("run", "--rm", "--user", f"{USER}:{USER}", image, "bash", "-c",
+           'mkdir -p "$HOME/x/y" "$TRAINER_CACHE/x/y" && touch "$HOME/x/y/f" "$TRAINER_CACHE/x/y/f"',
+           timeout=120)
 
     # The host takes it from there: export and generate from the container's run dir.
     exported = cli("trainer.export", f"run.dir={run}", timeout=300)
