@@ -8,8 +8,9 @@
 # has keep the base's version), EXTRAS, and this source tree.
 #
 #   scripts/container.sh                  # CPU image: base, image, smoke test (podman)
-#   docker build -t trainer:1.0 .         # GPU image (BuildKit)
+#   docker build -t trainer:1.0 --build-arg GIT_SHA="$(git rev-parse HEAD)" .   # GPU image (BuildKit)
 #   docker build -t trainer:h100 --build-arg TORCH_CUDA_ARCH_LIST="9.0" --build-arg GIT_SHA="$(git rev-parse HEAD)" .
+#   mkdir -p runs   # yours: a missing directory would be created by the daemon, owned by root
 #   docker run --rm --gpus all --shm-size=16g --ulimit memlock=-1 --user "$(id -u):$(id -g)" \
 #       -v "$PWD/runs:/workspace/runs" trainer:1.0 experiment=gpt2_124m trainer.devices=8
 #
