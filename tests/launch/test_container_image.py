@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ from tests.launch.conftest import needs_root
 # A cold image build (no layer cache) takes minutes and is charged to the first test that needs the image.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), needs_root("podman", "runc", "mmdebstrap")]
 CONTAINER_SH = str(ROOT / "scripts" / "container.sh")
-IMAGE = "localhost/trainer:test"
+# One tag per session: two sessions on a host (two worktrees) would otherwise re-tag each other's image
+# between its build and its use. The layers are shared, so the second build is as warm as before.
+IMAGE = f"localhost/trainer:test-{os.getpid()}"
 USER = 4242  # an unprivileged uid that is not the image's own (10001): as `--user "$(id -u):$(id -g)"` gives
 REQUEUE_EXIT = 124
 # Set while the image builds: nothing of the build environment may reach a layer.
@@ -40,7 +43,7 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
 
 
 @pytest.fixture(scope="session")
-def image() -> str:
+def image() -> Iterator[str]:
     probe = podman("info", timeout=60, check=False)
     if probe.returncode != 0:
         pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-300:]}")
@@ -48,7 +51,9 @@ def image() -> str:
     env = {**os.environ, "IMAGE": IMAGE, "EXTRAS": "", "WANDB_API_KEY": BUILD_CANARY}
     r = subprocess.run(["bash", CONTAINER_SH, "image"], env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"image build failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
-    return IMAGE
+    yield IMAGE
+    # Only the tag goes: its layers stay as the next session's build cache.
+    podman("untag", IMAGE, check=False, timeout=60)
 
 
 def owned_dir(path: Path) -> Path:
