@@ -52,8 +52,9 @@ def image() -> Iterator[str]:
     r = subprocess.run(["bash", CONTAINER_SH, "image"], env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"image build failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
     yield IMAGE
-    # Only the tag goes: its layers stay as the next session's build cache.
-    podman("untag", IMAGE, check=False, timeout=60)
+    # Only this session's tag goes (named twice: `untag IMAGE` alone would drop every name the image has,
+    # another session's too); the layers stay as the next session's build cache.
+    podman("untag", IMAGE, IMAGE, check=False, timeout=60)
 
 
 def owned_dir(path: Path) -> Path:
