@@ -8,8 +8,9 @@
 # has keep the base's version), EXTRAS, and this source tree.
 #
 #   scripts/container.sh                  # CPU image: base, image, smoke test (podman)
-#   docker build -t trainer:1.0 .         # GPU image (BuildKit)
+#   docker build -t trainer:1.0 --build-arg GIT_SHA="$(git rev-parse HEAD)" .   # GPU image (BuildKit)
 #   docker build -t trainer:h100 --build-arg TORCH_CUDA_ARCH_LIST="9.0" --build-arg GIT_SHA="$(git rev-parse HEAD)" .
+#   mkdir -p runs   # yours: a missing directory would be created by the daemon, owned by root
 #   docker run --rm --gpus all --shm-size=16g --ulimit memlock=-1 --user "$(id -u):$(id -g)" \
 #       -v "$PWD/runs:/workspace/runs" trainer:1.0 experiment=gpt2_124m trainer.devices=8
 #
@@ -29,6 +30,18 @@
 
 # NGC 26.06: torch 2.13.0a0, CUDA 13.3, Python 3.12. Bump deliberately, all together.
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:26.06-py3@sha256:43c018d6a12963f1a1bad85ef8574b5c2a978eec2be0ebcacfb87f69e0d210e1
+
+# The dependency list alone (pyproject's dependencies and EXTRAS), in a stage of its own: the install layer
+# below is keyed on this list's content, so a pyproject.toml edit that leaves the dependencies as they are
+# (entry points, tool settings: most of its edits) does not reinstall everything.
+FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=deepspeed
+COPY pyproject.toml /tmp/
+RUN python3 -c "import tomllib, sys; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+extras = [e for e in sys.argv[1].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" "$EXTRAS" \
+    > /tmp/requirements.txt
+
 FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -60,25 +73,19 @@ RUN python3 -m venv --system-site-packages /opt/venv \
 # PIP_CONFIG_FILE: optional, a pip configuration the build command mounts (scripts/container.sh).
 ARG PIP_CONFIG_FILE
 ARG TORCH_BUILD=default
-ARG EXTRAS=deepspeed
 WORKDIR /opt/trainer
 COPY requirements/constraints.txt requirements/
 COPY scripts/torch_build.sh scripts/base_constraints.py scripts/
-COPY pyproject.toml ./
+COPY --from=requirements /tmp/requirements.txt ./
 # hadolint ignore=SC2086
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     export PIP_CACHE_DIR=/root/.cache/pip \
  && python scripts/base_constraints.py requirements/constraints.txt > /opt/trainer/constraints.txt \
  && . scripts/torch_build.sh && index_args=$(torch_index_args) \
  && python -m pip install -q -c constraints.txt $index_args torch \
- && python -c "import tomllib, sys; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-extras = [e for e in sys.argv[1].split(',') if e]; \
-print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" "$EXTRAS" \
-    > /tmp/requirements.txt \
- && python -m pip install -q -c constraints.txt -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+ && python -m pip install -q -c constraints.txt -r requirements.txt
 
-COPY setup.py README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY configs/ configs/
 COPY csrc/ csrc/
 COPY examples/ examples/

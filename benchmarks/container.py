@@ -152,7 +152,10 @@ def main() -> None:
                          [["host (.venv)", f"{host:.1f}", "1.00", steps["host_s"]],
                           ["container (podman run, new container)", f"{ctr:.1f}", f"{ctr / host:.2f}",
                            steps["container_s"]]]))
-    write_json(args.json, {"machine": info, "image": IMAGE, "builds": b, "first_step": steps,
+    # The commit labels the figures: the image's size and build time follow its dependency set.
+    commit = sh("git", "-C", str(ROOT), "rev-parse", "HEAD").stdout.strip()
+    dirty = bool(sh("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no").stdout.strip())
+    write_json(args.json, {"machine": info, "commit": commit, "dirty": dirty, "image": IMAGE, "builds": b, "first_step": steps,
                            "first_step_command": "python -m trainer.train " + " ".join(BASE)})
 
 

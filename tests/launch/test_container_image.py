@@ -2,8 +2,9 @@
 podman: training into a mounted runs volume as an unprivileged user, preemption and resume, two containers
 as two torchrun nodes, and the W&B key secret kept out of everything written.
 
-One image is built per session (layer cache: seconds when nothing changed); every test runs containers
-of it. Root only (podman here is rootful); skipped, saying why, where podman cannot run.
+One image is built per session (with the layer cache, only what changed rebuilds); every test runs
+containers of it. The default experiment's run is shared by the training test and the secret test (one
+container start less). Root only (podman here is rootful); skipped, saying why, where podman cannot run.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import os
 import secrets
 import subprocess
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,9 @@ from tests.launch.conftest import needs_root
 # A cold image build (no layer cache) takes minutes and is charged to the first test that needs the image.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), needs_root("podman", "runc", "mmdebstrap")]
 CONTAINER_SH = str(ROOT / "scripts" / "container.sh")
-IMAGE = "localhost/trainer:test"
+# One tag per session: two sessions on a host (two worktrees) would otherwise re-tag each other's image
+# between its build and its use. The layers are shared, so the second build is as warm as before.
+IMAGE = f"localhost/trainer:test-{os.getpid()}"
 USER = 4242  # an unprivileged uid that is not the image's own (10001): as `--user "$(id -u):$(id -g)"` gives
 REQUEUE_EXIT = 124
 # Set while the image builds: nothing of the build environment may reach a layer.
@@ -40,7 +45,7 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> subprocess.C
 
 
 @pytest.fixture(scope="session")
-def image() -> str:
+def image() -> Iterator[str]:
     probe = podman("info", timeout=60, check=False)
     if probe.returncode != 0:
         pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-300:]}")
@@ -48,7 +53,10 @@ def image() -> str:
     env = {**os.environ, "IMAGE": IMAGE, "EXTRAS": "", "WANDB_API_KEY": BUILD_CANARY}
     r = subprocess.run(["bash", CONTAINER_SH, "image"], env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"image build failed\n{r.stdout[-2000:]}\n{r.stderr[-6000:]}"
-    return IMAGE
+    yield IMAGE
+    # Only this session's tag goes (named twice: `untag IMAGE` alone would drop every name the image has,
+    # another session's too); the layers stay as the next session's build cache.
+    podman("untag", IMAGE, IMAGE, check=False, timeout=60)
 
 
 def owned_dir(path: Path) -> Path:
@@ -87,13 +95,41 @@ def names():
         podman("rm", "--force", "--time", "0", name, check=False, timeout=60)
 
 
-def test_the_default_experiment_trains_in_the_container_and_the_host_exports_it(image, tmp_path, container_cache,
-                                                                                 names):
-    runs = owned_dir(tmp_path / "runs")
-    r = podman(*run_args(runs, container_cache, names()), image, "trainer.max_steps=10", "trainer.val_every_steps=10",
-               "data.val_batches=2", "checkpoint.every_n_steps=5", "model.seq_len=64", "trainer.progress_bar=false",
-               "run.id=default", timeout=600)
-    run = runs / "gpt_tiny_cpu" / "default"
+@dataclass
+class DefaultRun:
+    run: Path  # its run dir, on the host
+    logs: str  # the container's stdout and stderr
+    key: str  # the W&B key the container was given as a mounted secret
+
+
+@pytest.fixture(scope="module")
+def default_run(image, tmp_path_factory, container_cache) -> DefaultRun:
+    """The default experiment, shortened, trained once in a container for two tests (one container start
+    less): as uid 4242 into a mounted runs dir, with a W&B key mounted as a secret (WANDB_API_KEY_FILE) and
+    W&B offline (no server here; `auto` would go online with a key)."""
+    tmp = tmp_path_factory.mktemp("default-run")
+    runs = owned_dir(tmp / "runs")
+    key = "wk-" + secrets.token_hex(20)
+    secret = tmp / "secrets" / "wandb-key"
+    secret.parent.mkdir()
+    secret.write_text(key + "\n")
+    secret.chmod(0o444)
+    # After training, the same container proves that the entrypoint exported the key, printing only its hash.
+    script = 'python -m trainer.train "$@" && printf %s "$WANDB_API_KEY" | sha256sum'
+    name = f"trainer-test-{uuid.uuid4().hex[:8]}"
+    try:
+        r = podman(*run_args(runs, container_cache, name, "-v", f"{secret}:/run/secrets/wandb:ro",
+                             "-e", "WANDB_API_KEY_FILE=/run/secrets/wandb"),
+                   image, "bash", "-c", script, "trainer", "trainer.max_steps=10", "trainer.val_every_steps=10",
+                   "data.val_batches=2", "checkpoint.every_n_steps=5", "model.seq_len=64", "trainer.progress_bar=false",
+                   "run.id=default", "logger.wandb.mode=offline", timeout=600)
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False, timeout=60)
+    return DefaultRun(runs / "gpt_tiny_cpu" / "default", r.stdout + r.stderr, key)
+
+
+def test_the_default_experiment_trains_in_the_container_and_the_host_exports_it(image, default_run):
+    run = default_run.run
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["summary"]["steps"] == 10 and manifest["summary"]["stopped"] == "completed"
     assert manifest["run_dir"] == "/workspace/runs/gpt_tiny_cpu/default"
@@ -105,7 +141,12 @@ def test_the_default_experiment_trains_in_the_container_and_the_host_exports_it(
     assert label.stdout.strip() == head
     # Written as the unprivileged user, into the mounted volume.
     assert {p.lstat().st_uid for p in run.rglob("*")} == {USER}
-    assert "run summary" in r.stdout + r.stderr
+    assert "run summary" in default_run.logs
+    # The image's own HOME and cache, with no volume over them (every training container here mounts one
+    # on the cache), take nested directories and files from a uid not the image's: `--user` alone must work.
+    podman("run", "--rm", "--user", f"{USER}:{USER}", image, "bash", "-c",
+           'mkdir -p "$HOME/x/y" "$TRAINER_CACHE/x/y" && touch "$HOME/x/y/f" "$TRAINER_CACHE/x/y/f"',
+           timeout=120)
 
     # The host takes it from there: export and generate from the container's run dir.
     exported = cli("trainer.export", f"run.dir={run}", timeout=300)
@@ -188,29 +229,14 @@ def test_two_containers_as_two_torchrun_nodes_train_like_one_host(image, tmp_pat
     assert "world 2" in nodes[0].output()
 
 
-def test_the_wandb_key_secret_appears_nowhere_in_the_run_dir_logs_or_image(image, tmp_path, container_cache, names):
-    runs = owned_dir(tmp_path / "runs")
-    key = "wk-" + secrets.token_hex(20)
-    secret = tmp_path / "secrets" / "wandb-key"
-    secret.parent.mkdir()
-    secret.write_text(key + "\n")
-    secret.chmod(0o444)
-    # The trainer runs with the key in its environment (W&B offline: no server here); then the same
-    # container proves the entrypoint exported it, printing only its hash.
-    script = ('python -m trainer.train "$@" && python -c "import hashlib, os; '
-              'print(\'key sha256\', hashlib.sha256(os.environ[\'WANDB_API_KEY\'].encode()).hexdigest())"')
-    r = podman(*run_args(runs, container_cache, names(), "-v", f"{secret}:/run/secrets/wandb:ro",
-                         "-e", "WANDB_API_KEY_FILE=/run/secrets/wandb"),
-               image, "bash", "-c", script, "trainer",
-               *tiny("secret", 6, "logger.wandb=true", "logger.wandb.mode=offline", "checkpoint.every_n_steps=3"),
-               timeout=600)
-    logs = r.stdout + r.stderr
-    assert f"key sha256 {hashlib.sha256(key.encode()).hexdigest()}" in logs, logs[-3000:]
-    run = runs / "secret"
+def test_the_wandb_key_secret_appears_nowhere_in_the_run_dir_logs_or_image(image, default_run):
+    key, logs, run = default_run.key, default_run.logs, default_run.run
+    hashed = f"{hashlib.sha256(key.encode()).hexdigest()}  -"
+    assert hashed in logs, logs[-3000:]  # the trainer ran with the key in its environment
     assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), "W&B wrote no run file"
 
     needle = key.encode()
-    assert key not in logs.replace(f"key sha256 {hashlib.sha256(key.encode()).hexdigest()}", "")
+    assert key not in logs.replace(hashed, "")
     leaked = [p for p in run.rglob("*") if p.is_file() and needle in p.read_bytes()]
     assert not leaked, f"the W&B key is in {leaked}"
 
