@@ -2,6 +2,7 @@
 # Set up (first run only) and run the test suite. Extra arguments go to pytest:
 #   bash scripts/test.sh                 # everything that runs here (slow tests included)
 #   bash scripts/test.sh -m "not slow"   # the quick part
+#   bash scripts/test.sh --extended      # also the extended tier (tests/conftest.py)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"

@@ -40,7 +40,8 @@ STRATEGY_MODES = {"ddp": "full", "fsdp": "full", "fsdp2": "selective", "deepspee
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", list(STRATEGY_MODES))
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.extended) if s in ("fsdp", "deepspeed_zero3") else s
+                                      for s in STRATEGY_MODES])  # default suite: ddp and fsdp2
 def test_two_ranks_with_checkpointing_follow_the_reference(strategy, runs):
     mode = STRATEGY_MODES[strategy]
     run = runs.one_session(strategy, f"trainer.activation_checkpointing={mode}")

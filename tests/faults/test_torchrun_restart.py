@@ -24,7 +24,7 @@ def launch_argv(run, cache, max_restarts: int, *extra: str):
                           "+data.batch_delay_s=0.1", f"launcher.max_restarts={max_restarts}", *extra)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", pytest.param("async", marks=pytest.mark.extended)])  # async: also crash_in_save
 def test_killed_rank_restarts_and_ends_bitwise_identical(mode, tmp_path, shared_cache):
     """With checkpoint.async=true the saves' writing runs in the background (the kill may land in one)."""
     saving = ["checkpoint.async=true"] if mode == "async" else []

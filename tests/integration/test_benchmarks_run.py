@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # benchmark smoke runs: minutes each, outside the default suite
 
 
 def _run(args, tmp_path, shared_cache, timeout=560):

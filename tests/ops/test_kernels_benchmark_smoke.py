@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a benchmark smoke run, outside the default suite
 def test_benchmark_script_smoke(kernels_loaded, tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--smoke", "--no-compile", "--out", str(tmp_path)],
@@ -42,6 +43,7 @@ def test_benchmark_script_smoke(kernels_loaded, tmp_path):
 
 
 @pytest.mark.slow  # two torch.compile runs on the CPU (~1 min)
+@pytest.mark.extended
 def test_the_linear_ce_goal_is_against_the_faster_compiled_alternative(kernels_loaded, tmp_path):
     """Issue 16's goal for the fused linear CE was set against torch.compile of the plain linear + CE;
     auto's alternative is the chunked reference. Both are timed compiled, and the goal takes the faster."""

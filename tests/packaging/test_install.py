@@ -27,6 +27,7 @@ def run(argv: list, cwd: Path, env: dict, timeout: int) -> subprocess.CompletedP
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a fresh venv and a full core install: ~6 min on 2 cores
 def test_a_non_editable_core_install_trains_and_exports_from_another_directory(tmp_path, shared_cache):
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
