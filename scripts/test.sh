@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (first run only) and run the test suite. Extra arguments go to pytest:
-#   bash scripts/test.sh                 # everything that runs here (slow tests included)
+#   bash scripts/test.sh                 # the default suite, slow tests included (what CI runs)
 #   bash scripts/test.sh -m "not slow"   # the quick part
 #   bash scripts/test.sh --extended      # also the extended tier (tests/conftest.py)
 set -euo pipefail
