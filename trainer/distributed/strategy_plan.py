@@ -19,6 +19,7 @@ strategy's name (the model, the LightningModule and fit.py take what the plan ha
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,8 @@ import torch.nn as nn
 from trainer.checkpoint.async_writer import defer_checkpoint_io, defer_distributed_checkpoint
 from trainer.config import StrategyConfig
 from trainer.errors import UserError
+
+log = logging.getLogger("trainer")
 
 
 @dataclass
@@ -75,7 +78,9 @@ def make_plan(
     from trainer.distributed.activation_checkpointing import apply_activation_checkpointing
 
     # Before any strategy wraps or shards the net, so every strategy sees the same checkpointed blocks.
-    apply_activation_checkpointing(net, activation_checkpointing)
+    wrapped = apply_activation_checkpointing(net, activation_checkpointing)
+    if activation_checkpointing != "none":  # the count shows the setting took effect (tests read it)
+        log.info("activation checkpointing %s: %d blocks wrapped", activation_checkpointing, wrapped)
     timeout = timedelta(seconds=s.timeout_s)
     backend = "nccl" if on_gpu else "gloo"
     if s.name == "single":
