@@ -72,6 +72,7 @@ def make_plan(
     gradient_clip: float,
     activation_checkpointing: str = "none",
     compile: bool = False,
+    compile_mode: str = "default",
 ) -> StrategyPlan:
     if s.name == "single" and world_size > 1:
         raise UserError(f"launched with {world_size} processes but strategy=single; use strategy=ddp (or fsdp, fsdp2, deepspeed_*)")
@@ -110,7 +111,7 @@ def make_plan(
 
         strategy = make_fsdp2_strategy(net, world_size=world_size, precision=precision,
                                        reshard_after_forward=s.fsdp2_reshard_after_forward, compile_blocks=compile,
-                                       process_group_backend=backend, timeout=timeout)
+                                       compile_mode=compile_mode, process_group_backend=backend, timeout=timeout)
         # clip_grad_norm_ over DTensor gradients reduces the norm across the shards itself.
         return StrategyPlan("fsdp2", strategy, callbacks=_clipping(torch_global_norm, gradient_clip),
                             sharded_checkpoint=True, checkpoint_meta={"strategy": "fsdp2", "zero_stage": None},
