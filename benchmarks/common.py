@@ -268,7 +268,10 @@ def run_ours(overrides: Sequence[str], callbacks: Sequence[Any]) -> int:
 
     cfg = compose(overrides)
     run = prepare_run(cfg, ["benchmarks", *overrides], launcher_label="benchmark")
-    return run_fit(resolved(cfg), run.dir, run.id, extra_callbacks=list(callbacks))
+    try:
+        return run_fit(resolved(cfg), run.dir, run.id, extra_callbacks=list(callbacks))
+    finally:
+        run.release()  # as train does: the lock's heartbeat stops before the caller removes the run dir
 
 
 def plain_lightning_trainer(*, device: str, precision: str, max_steps: int, gradient_clip_val: float, callbacks: list):

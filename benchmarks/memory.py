@@ -205,7 +205,7 @@ def main() -> None:
         saved = json.loads(args.table_from.read_text())
         rows = saved["rows"]
         for r in rows if args.replan else []:
-            _add_plan(r, r["overrides"])
+            _add_plan(r, [_current_key(o) for o in r["overrides"]])
         (print_ac_table if "activation_checkpointing" in rows[0] else print_strategy_table)(rows)
         if args.json:  # the same measurements, with the predictions of the planner as it is now
             args.json.write_text(json.dumps({**saved, "replanned": args.replan, "rows": rows}, indent=2) + "\n")
@@ -225,6 +225,11 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                                          "rows": rows}, indent=2) + "\n")
+
+
+def _current_key(override: str) -> str:
+    """An override saved by an earlier version, under the key it has now (warmup moved to the scheduler section)."""
+    return "scheduler.warmup_steps=" + override.split("=", 1)[1] if override.startswith("optim.warmup_steps=") else override
 
 
 def _mib(x: float) -> str:

@@ -164,7 +164,7 @@ def build_plan(cfg: DictConfig, net, device: Device, world_size: int) -> Strateg
     return make_plan(typed(StrategyConfig, cfg.strategy), net=net, on_gpu=device.on_gpu, precision=device.precision, world_size=world_size,
                      micro_batch_size=micro_batch_size(cfg.data), accumulate=cfg.trainer.accumulate_grad_batches,
                      gradient_clip=cfg.trainer.gradient_clip_val, activation_checkpointing=cfg.trainer.activation_checkpointing,
-                     compile=cfg.trainer.compile)
+                     compile=cfg.trainer.compile, compile_mode=cfg.trainer.compile_mode)
 
 
 def build_module(cfg: DictConfig, net, plan: StrategyPlan):

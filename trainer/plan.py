@@ -11,13 +11,15 @@ cheapest configurations that fit. `python -m trainer.train` runs the same check 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import DATA_DERIVED, PlanConfig, StrategyConfig, compose_config, import_target
+from trainer.config import (DATA_DERIVED, PlanConfig, StrategyConfig, complete_target_sections, compose_config,
+                            import_target)
 from trainer.errors import UserError, exit_on_user_error
 
 log = logging.getLogger("trainer")
@@ -47,6 +49,10 @@ def check_before_launch(cfg: DictConfig) -> None:
     if p.check == "off":
         return
     try:
+        # The plan needs the sections as the run will see them: train completes them later (prepare_run),
+        # so the model's data-derived keys (vocab_size: null) are not there yet. A completed copy.
+        cfg = copy.deepcopy(cfg)
+        complete_target_sections(cfg)
         plan, planner, layout = plan_config(cfg, screen_only=True)
         if plan.hardware.memory_bytes is None or plan.peak_bytes <= SCREEN_MARGIN * plan.hardware.memory_bytes:
             return

@@ -1,6 +1,8 @@
 """Activation checkpointing per transformer block: the same losses as without it, under every strategy
 (2 gloo ranks through the real CLI, against the single-process reference with the strategy's own
-tolerance), and bitwise the same gradients in one process."""
+tolerance; one process through the CLI too), and bitwise the same gradients in one process. Checkpointing
+never changes a loss, so each run through the CLI also shows, in every rank's log, that its blocks were
+wrapped: without that line the setting could be dropped on the way and the losses would still match."""
 from __future__ import annotations
 
 import copy
@@ -8,8 +10,8 @@ import copy
 import pytest
 import torch
 
-from tests.distributed.conftest import STEPS
-from tests.distributed.helpers import assert_same_curve, losses
+from tests.distributed.conftest import LIVE, STEPS
+from tests.distributed.helpers import TINY, assert_same_curve, losses, ok, train
 from tests.distributed.test_equivalence import TOLERANCE
 from trainer.distributed.activation_checkpointing import apply_activation_checkpointing
 from trainer.models.gpt import GPT
@@ -48,3 +50,21 @@ def test_two_ranks_with_checkpointing_follow_the_reference(strategy, runs):
     want = losses(runs.reference())
     assert sorted(losses(run)) == list(range(STEPS))
     assert_same_curve(losses(run), want, TOLERANCE[strategy])
+    assert_blocks_wrapped(run, mode, ranks=2)
+
+
+@pytest.mark.slow
+def test_one_process_through_the_trainer_follows_the_reference(runs, tmp_path, shared_cache):
+    # strategy=single, accumulating 2 micro-batches as the reference does: the same numbers, in one session
+    run = tmp_path / "single-selective"
+    ok(train(run, shared_cache, f"trainer.max_steps={STEPS}", *LIVE, "strategy=single",
+             "trainer.accumulate_grad_batches=2", "trainer.activation_checkpointing=selective"))
+    assert_same_curve(losses(run), losses(runs.reference()), 1e-6)
+    assert_blocks_wrapped(run, "selective", ranks=1)
+
+
+def assert_blocks_wrapped(run, mode: str, ranks: int) -> None:
+    blocks = next(int(a.split("=")[1]) for a in TINY if a.startswith("model.n_layers="))
+    for rank in range(ranks):
+        log = (run / "logs" / f"rank{rank}.log").read_text()
+        assert f"activation checkpointing {mode}: {blocks} blocks wrapped" in log, f"rank {rank}:\n{log[-2000:]}"

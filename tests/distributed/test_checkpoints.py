@@ -11,6 +11,7 @@ import torch
 from tests.conftest import cli
 from tests.distributed.conftest import LIVE, SPLIT, STEPS
 from tests.distributed.helpers import EXTENSIONS, assert_same_curve, losses, ok, train
+from trainer.checkpoint import store
 
 
 @pytest.mark.slow
@@ -91,3 +92,17 @@ def test_unloadable_checkpoints_are_refused_before_training(source, strategy, me
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fsdp2", "deepspeed_zero2"])
+def test_async_sharded_checkpoints_resume_like_synchronous_ones(strategy, runs):
+    # checkpoint.async=true with every rank writing its shards in the background (DCP for fsdp2, DeepSpeed's
+    # checkpoint engine for ZeRO): stop at step 4, resume to 8; the same losses as the synchronous pair.
+    run = runs.two_ranks(strategy, "checkpoint.async=true")
+    ckpts = run / "checkpoints"
+    for step in (4, 8):
+        manifest = store.verify(ckpts / store.step_dir_name(step))
+        assert manifest["world_size"] == 2 and manifest["shards"], manifest
+    assert not list(ckpts.glob(".tmp-*"))
+    assert_same_curve(losses(run), losses(runs.two_ranks(strategy)), 1e-6)

@@ -51,7 +51,7 @@ def test_sharded_blocks_train_like_the_plain_net(compile_blocks, one_rank_group)
     plain = GPT(vocab_size=64, seq_len=16, d_model=32, n_layers=2, n_heads=2)
     sharded = copy.deepcopy(plain)
     assert shard_net(sharded, init_device_mesh("cpu", (1,)), precision="32-true", reshard_after_forward=True,
-                     compile_blocks=compile_blocks) == 2
+                     compile_blocks=compile_blocks, compile_mode="default") == 2
     assert all(isinstance(b, FSDPModule) for b in sharded.blocks) and isinstance(sharded, FSDPModule)
     assert all((b._compiled_call_impl is not None) == compile_blocks for b in sharded.blocks)
     ids = torch.randint(0, 64, (4, 17))
@@ -60,3 +60,16 @@ def test_sharded_blocks_train_like_the_plain_net(compile_blocks, one_rank_group)
     grads = {n: p.grad.full_tensor() for n, p in sharded.named_parameters()}
     for name, p in plain.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_blocks_are_compiled_with_the_configured_mode(one_rank_group, monkeypatch):
+    # The mode each block's compile is asked for (compiling is lazy: nothing runs here).
+    from torch.distributed.device_mesh import init_device_mesh
+
+    modes = []
+    compile_ = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: (modes.append(kw.get("mode")), compile_(self, *a, **kw)))
+    net = GPT(vocab_size=64, seq_len=16, d_model=32, n_layers=2, n_heads=2)
+    shard_net(net, init_device_mesh("cpu", (1,)), precision="32-true", reshard_after_forward=True,
+              compile_blocks=True, compile_mode="max-autotune-no-cudagraphs")
+    assert modes == ["max-autotune-no-cudagraphs"] * 2

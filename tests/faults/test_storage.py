@@ -53,11 +53,14 @@ def assert_one_clear_error(out: str) -> None:
     assert out.count("error: ") == 1 and "Traceback" not in out, out[-4000:]
 
 
-def test_disk_full_is_one_error_and_nothing_is_lost(tmp_path, shared_cache):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_disk_full_is_one_error_and_nothing_is_lost(mode, tmp_path, shared_cache):
+    # async: the refused write happens in the background; the next save reports it with the same message.
+    saving = ["checkpoint.async=true"] if mode == "async" else []
     # 1 MiB holds the run's small files and three ~0.3 MiB checkpoints (keep_last=3), not a fourth.
     with tmpfs(tmp_path / "disk", "1m") as disk:
         run = disk / "run"
-        full = procs.Job(train_argv(run, shared_cache), tmp_path / "full.log", timeout_s=300)
+        full = procs.Job(train_argv(run, shared_cache, *saving), tmp_path / "full.log", timeout_s=300)
         code = full.wait()
         out = full.output()
         assert code == STORAGE_ERROR_EXIT, full.tail()
@@ -75,7 +78,7 @@ def test_disk_full_is_one_error_and_nothing_is_lost(tmp_path, shared_cache):
 
         # More space, the same command: it resumes from that checkpoint and finishes.
         mount("-o", "remount,size=8m", str(disk))
-        resumed = procs.Job(train_argv(run, shared_cache), tmp_path / "resumed.log", timeout_s=300)
+        resumed = procs.Job(train_argv(run, shared_cache, *saving), tmp_path / "resumed.log", timeout_s=300)
         assert resumed.wait() == 0, resumed.tail()
         assert f"resuming from step {newest}" in resumed.output()
         assert max(procs.checkpoint_steps(run)) == 40
@@ -100,11 +103,13 @@ def test_read_only_checkpoints_dir_under_two_ranks(tmp_path, shared_cache):
     assert "restarting the ranks" not in out  # a restart would fail the same way
 
 
-def test_checkpoints_are_written_inside_the_run_dir_not_the_system_temp_dir(tmp_path, shared_cache):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_checkpoints_are_written_inside_the_run_dir_not_the_system_temp_dir(mode, tmp_path, shared_cache):
     # A system temp dir far smaller than a checkpoint: Lightning's own writer staged every file there.
+    saving = ["checkpoint.async=true"] if mode == "async" else []
     with tmpfs(tmp_path / "small-tmp", "64k") as small_tmp:
         run = tmp_path / "run"
-        job = procs.Job(train_argv(run, shared_cache, "trainer.max_steps=8"), tmp_path / "job.log",
+        job = procs.Job(train_argv(run, shared_cache, "trainer.max_steps=8", *saving), tmp_path / "job.log",
                         env_vars=procs.env(TMPDIR=str(small_tmp)), timeout_s=300)
         assert job.wait() == 0, job.tail()
         assert procs.checkpoint_steps(run) == [4, 8]

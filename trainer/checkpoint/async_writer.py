@@ -113,13 +113,16 @@ def stage_to_host(obj: Any, _memo: dict | None = None) -> Any:
 # --------------------------------------------------------------------------- capturing a strategy's writes
 def defer_checkpoint_io(strategy: Any, deferred: DeferredWrites, group: Any = None) -> None:
     """Strategies that write one file through Lightning's CheckpointIO (single, ddp, fsdp with full
-    state dicts): rank 0 stages the checkpoint; the write happens later."""
-    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+    state dicts): rank 0 stages the checkpoint; the write happens later, exactly as a synchronous save
+    writes it (DirectCheckpointIO: straight into the checkpoint's `.tmp-step-N` dir, nothing built in
+    memory first, nothing in the system temp dir). A write storage refuses is kept by the IO, as in a
+    synchronous save; the background work takes it with `take_refused` (CheckpointManager)."""
+    from trainer.checkpoint.storage import DirectCheckpointIO
 
-    class StagingCheckpointIO(TorchCheckpointIO):
+    class StagingCheckpointIO(DirectCheckpointIO):
         def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
             staged = stage_to_host(checkpoint)
-            deferred.add(lambda: TorchCheckpointIO.save_checkpoint(self, staged, path, storage_options))
+            deferred.add(lambda: DirectCheckpointIO.save_checkpoint(self, staged, path, storage_options))
 
     strategy.checkpoint_io = StagingCheckpointIO()
 

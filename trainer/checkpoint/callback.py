@@ -79,7 +79,7 @@ class CheckpointManager(pl.Callback):
         if preempt or at_stop or step % self.every_n_steps == 0:
             self.save(trainer, step)
         if preempt:
-            self.wait_for_save()  # exit for the requeue only once the checkpoint is published
+            self.wait_for_save(trainer)  # exit for the requeue only once the checkpoint is published
             self.preempt_saved_at = time.time()
             # Exit right after the save: Lightning validates whenever a callback stops training, which cost
             # the grace period's seconds and left validation rows at a step the schedule never asked for.
@@ -91,22 +91,32 @@ class CheckpointManager(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         if self.save_final and self.last_saved_step != trainer.global_step and trainer.global_step > 0:
             self.save(trainer, trainer.global_step)
-        self.wait_for_save()
+        self.wait_for_save(trainer)
 
-    def wait_for_save(self) -> None:
-        """Block until an asynchronous save in flight is published (raises its error)."""
-        if self.saver is not None and self.saver.in_flight:
+    def wait_for_save(self, trainer: pl.Trainer) -> None:
+        """Block until an asynchronous save in flight is published. Every rank calls it at the same point:
+        storage refusing that save's writes (on any rank) ends the run on every rank with one StorageError,
+        the message a synchronous save gives."""
+        if self.saver is None:
+            return
+        if self.saver.in_flight:
             log.info("waiting for the checkpoint of step %s to be written", self.last_saved_step)
-        if self.saver is not None:
+        message = None
+        try:
             self.saver.wait()
+        except StorageError as e:  # raised by _write_and_publish in the background
+            message = str(e)
+        message = storage.agree_on_failure(trainer, message)  # ddp: only rank 0 wrote, the others must hear
+        if message is not None:
+            self.storage_error = StorageError(message, on_every_rank=True)
+            raise self.storage_error
 
     # ------------------------------------------------------------------ saving
     def save(self, trainer: pl.Trainer, step: int) -> Path:
         t0 = time.perf_counter()
         tmp = store.tmp_dir_for(self.root, step)
         final = self.root / store.step_dir_name(step)
-        if self.saver is not None:
-            self.saver.wait()  # one save in flight: the previous one is published before this one starts
+        self.wait_for_save(trainer)  # one save in flight: the previous one is published before this one starts
         with self._refusals(trainer, step, tmp):  # each phase ends with every rank agreeing it went well
             if trainer.is_global_zero:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -120,22 +130,49 @@ class CheckpointManager(pl.Callback):
             with self._refusals(trainer, step, tmp):
                 publish()
         else:
-            # Background: storage refusals there surface when the write fails (BackgroundSaver re-raises).
-            self.saver.submit(functools.partial(self._write_and_publish, self._deferred.take(), publish),
+            # Background: a storage refusal there surfaces at the next wait_for_save, on every rank.
+            self.saver.submit(functools.partial(self._write_and_publish, self._deferred.take(), publish, step=step,
+                                                tmp=tmp, io=trainer.strategy.checkpoint_io,
+                                                is_zero=trainer.is_global_zero),
                               name=store.step_dir_name(step))
         self.last_saved_step = step
         self.save_seconds.append(time.perf_counter() - t0)  # the time the training loop was blocked
         return final
 
-    def _write_and_publish(self, writes: list[Callable[[], None]], publish: Callable[[], None]) -> None:
-        """Background: this rank's deferred writes; for shards, every rank's; then publish."""
-        for write in writes:
-            write()
+    def _write_and_publish(self, writes: list[Callable[[], None]], publish: Callable[[], None], *, step: int,
+                           tmp: Path, io: Any, is_zero: bool) -> None:
+        """Background: this rank's deferred writes; for shards, every rank's; then publish. Storage refusing
+        a write gives the synchronous save's message as a StorageError (raised at the next wait_for_save)
+        and the partial save is removed."""
+        message = self._refusal(step, tmp, io, lambda: [write() for write in writes])
         if self._group is not None and self.state_name == "state":
             import torch.distributed as dist
 
-            dist.barrier(group=self._group)  # every rank's shard is on disk before rank 0 writes the manifest
-        publish()
+            # Every rank's shard is on disk (or some rank was refused) before rank 0 writes the manifest.
+            messages: list[str | None] = [None] * dist.get_world_size(self._group)
+            dist.all_gather_object(messages, message, group=self._group)
+            message = next((m for m in messages if m is not None), None)
+        if message is None:
+            message = self._refusal(step, tmp, io, publish)
+        if message is not None:
+            if is_zero:
+                storage.remove_partial(tmp)
+            # Kept at once: a write the loop makes on the same full disk before the next wait reports this.
+            self.storage_error = StorageError(message, on_every_rank=True)
+            raise self.storage_error
+
+    def _refusal(self, step: int, tmp: Path, io: Any, work: Callable[[], Any]) -> str | None:
+        """Run `work`; the message for a write storage refused in it (raised, or kept by DirectCheckpointIO),
+        else None. Any other error is raised."""
+        try:
+            work()
+        except Exception as e:
+            refused = storage.refused_write(e, self.root)
+            if refused is None:
+                raise
+            return storage.describe_failed_save(step, refused, self.root, None, partial=tmp)
+        kept = io.take_refused() if isinstance(io, storage.DirectCheckpointIO) else None
+        return storage.describe_failed_save(step, kept[0], self.root, kept[1], partial=tmp) if kept else None
 
     def _publish(self, tmp: Path, final: Path, step: int, world_size: int, num_nodes: int, *, is_zero: bool) -> None:
         """After the state is written: rank 0 writes the manifest, renames the directory into place, prunes."""
@@ -173,10 +210,8 @@ class CheckpointManager(pl.Callback):
             if refused is None:
                 raise
             message = storage.describe_failed_save(step, refused, self.root, None, partial=tmp)
-        io = trainer.strategy.checkpoint_io
-        deferred = io.take_refused() if isinstance(io, storage.DirectCheckpointIO) else None
-        if message is None and deferred is not None:
-            message = storage.describe_failed_save(step, deferred[0], self.root, deferred[1], partial=tmp)
+        if message is None:
+            message = self._refusal(step, tmp, trainer.strategy.checkpoint_io, lambda: None)
         message = storage.agree_on_failure(trainer, message)
         if message is not None:
             if trainer.is_global_zero:

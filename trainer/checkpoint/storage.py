@@ -47,10 +47,13 @@ class DirectCheckpointIO(TorchCheckpointIO):
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as f:  # a Python file: a full disk is an OSError naming the errno
                 torch.save(checkpoint, f)
-        except OSError as e:
-            if e.errno not in STORAGE_ERRNOS:
+        except Exception as e:
+            # torch.save's zip writer reports a full disk as a RuntimeError from its close, with the
+            # OSError (errno, no file name) as its context: look down the chain, name the file here.
+            refused = storage_oserror(e)
+            if refused is None:
                 raise
-            self.refused = (OSError(e.errno, e.strerror, str(path)), state_bytes(checkpoint))
+            self.refused = (OSError(refused.errno, refused.strerror, str(path)), state_bytes(checkpoint))
 
     def take_refused(self) -> tuple[OSError, int] | None:
         refused, self.refused = self.refused, None

@@ -40,16 +40,17 @@ def mixed_precision_policy(precision: str):
     return MixedPrecisionPolicy()
 
 
-def shard_net(net: nn.Module, mesh, *, precision: str, reshard_after_forward: bool, compile_blocks: bool) -> int:
-    """fully_shard each repeated block (compiled first when asked), then the root (embeddings, head, norms).
-    Returns the number of blocks sharded."""
+def shard_net(net: nn.Module, mesh, *, precision: str, reshard_after_forward: bool, compile_blocks: bool,
+              compile_mode: str) -> int:
+    """fully_shard each repeated block (compiled first when asked, with torch.compile's `compile_mode`:
+    trainer.compile_mode), then the root (embeddings, head, norms). Returns the number of blocks sharded."""
     from torch.distributed.fsdp import fully_shard
 
     policy = mixed_precision_policy(precision)
     blocks = repeated_blocks(net)
     for block in blocks:
         if compile_blocks:
-            block.compile()  # in place: parameter names (and checkpoints) stay those of the plain net
+            block.compile(mode=compile_mode)  # in place: parameter names (and checkpoints) stay those of the plain net
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     # The root's parameters are needed again right at the start of backward (the output head): keep them.
     fully_shard(net, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
@@ -57,13 +58,14 @@ def shard_net(net: nn.Module, mesh, *, precision: str, reshard_after_forward: bo
 
 
 def make_fsdp2_strategy(net: nn.Module, *, world_size: int, precision: str, reshard_after_forward: bool,
-                        compile_blocks: bool, process_group_backend: str, timeout: timedelta):
+                        compile_blocks: bool, compile_mode: str, process_group_backend: str, timeout: timedelta):
     from pytorch_lightning.strategies import ModelParallelStrategy
 
     class FSDP2Strategy(ModelParallelStrategy):
         def setup(self, trainer: Any) -> None:
             shard_net(net, self.device_mesh["data_parallel"], precision=precision,
-                      reshard_after_forward=reshard_after_forward, compile_blocks=compile_blocks)
+                      reshard_after_forward=reshard_after_forward, compile_blocks=compile_blocks,
+                      compile_mode=compile_mode)
             super().setup(trainer)
 
     return FSDP2Strategy(data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True,

@@ -19,6 +19,7 @@ strategy's name (the model, the LightningModule and fit.py take what the plan ha
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,8 @@ import torch.nn as nn
 from trainer.checkpoint.async_writer import defer_checkpoint_io, defer_distributed_checkpoint
 from trainer.config import StrategyConfig
 from trainer.errors import UserError
+
+log = logging.getLogger("trainer")
 
 
 @dataclass
@@ -69,13 +72,16 @@ def make_plan(
     gradient_clip: float,
     activation_checkpointing: str = "none",
     compile: bool = False,
+    compile_mode: str = "default",
 ) -> StrategyPlan:
     if s.name == "single" and world_size > 1:
         raise UserError(f"launched with {world_size} processes but strategy=single; use strategy=ddp (or fsdp, fsdp2, deepspeed_*)")
     from trainer.distributed.activation_checkpointing import apply_activation_checkpointing
 
     # Before any strategy wraps or shards the net, so every strategy sees the same checkpointed blocks.
-    apply_activation_checkpointing(net, activation_checkpointing)
+    wrapped = apply_activation_checkpointing(net, activation_checkpointing)
+    if activation_checkpointing != "none":  # the count shows the setting took effect (tests read it)
+        log.info("activation checkpointing %s: %d blocks wrapped", activation_checkpointing, wrapped)
     timeout = timedelta(seconds=s.timeout_s)
     backend = "nccl" if on_gpu else "gloo"
     if s.name == "single":
@@ -105,7 +111,7 @@ def make_plan(
 
         strategy = make_fsdp2_strategy(net, world_size=world_size, precision=precision,
                                        reshard_after_forward=s.fsdp2_reshard_after_forward, compile_blocks=compile,
-                                       process_group_backend=backend, timeout=timeout)
+                                       compile_mode=compile_mode, process_group_backend=backend, timeout=timeout)
         # clip_grad_norm_ over DTensor gradients reduces the norm across the shards itself.
         return StrategyPlan("fsdp2", strategy, callbacks=_clipping(torch_global_norm, gradient_clip),
                             sharded_checkpoint=True, checkpoint_meta={"strategy": "fsdp2", "zero_stage": None},
