@@ -68,3 +68,17 @@ def test_key_value_arguments_are_typed_from_the_schema():
     assert keys["promote.require_approval"]("true") is True and keys["registry.wandb_link"]("off") is False
     with pytest.raises(ValueError):
         keys["promote.min_delta"]("a lot")
+
+
+@pytest.mark.parametrize("module", ["trainer.promote", "trainer.drift", "trainer.reproduce", "trainer.pipeline",
+                                    "trainer.data_check"])
+def test_help_prints_the_usage_and_exits_0(module):
+    import importlib
+
+    from tests.conftest import cli
+
+    usage = importlib.import_module(module).__doc__.strip()
+    for flag in (["--help"], ["x=1", "-h"]):  # anywhere on the line, before any argument is judged
+        proc = cli(module, *flag, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == usage and f"python -m {module}" in proc.stdout
