@@ -37,6 +37,7 @@ class Step:
     fingerprint: str
     up_to_date: Callable[[], bool]  # outputs present and current
     ok_codes: tuple[int, ...] = (0,)
+    env: dict[str, str] | None = None  # default: _child_env()
 
 
 def pipeline_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -72,7 +73,7 @@ def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None
                            _hash(data_fingerprint, quality), lambda: (rd.data_check / "report.json").is_file(),
                            ok_codes=(0, CHECK_FAILED) if quality.get("on_fail") == "warn" else (0,)),
         "train": Step("train", ["trainer.train", *train_args, f"run.dir={run_dir}"], _hash(data_fingerprint, max_steps),
-                      lambda: _trained(run_dir, max_steps)),
+                      lambda: _trained(run_dir, max_steps), env=_train_env()),
         "evaluate": Step("evaluate", ["trainer.evaluate", f"run.dir={run_dir}", "split=val", "name=val",
                                       *([f"max_tokens={eval_tokens}"] if eval_tokens else [])],
                          _hash(max_steps, eval_tokens), lambda: _json(rd.eval / "val.json").get("checkpoint_step") == max_steps),
@@ -106,7 +107,7 @@ def run_pipeline(cfg, train_args: list[str], run_dir: Path, data_fingerprint: st
                     return PREEMPTED
                 log(f"{head}: python -m {' '.join(step.argv)}")
                 started = time.time()
-                code = signals.call(step.name, [sys.executable, "-m", *step.argv], env=_child_env())
+                code = signals.call(step.name, [sys.executable, "-m", *step.argv], env=step.env or _child_env())
                 seconds = round(time.time() - started, 1)
                 if code not in step.ok_codes:
                     stopped = code == PREEMPTED or signals.stop
@@ -215,6 +216,22 @@ def _json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+# A SLURM task's identity. The pipeline is one task (`srun` in a --ntasks=1 job, or the batch shell); with
+# these its training step would take itself for that one rank and refuse trainer.devices=8.
+SLURM_TASK_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_NTASKS_PER_NODE",
+                   "SLURM_TASKS_PER_NODE", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE")
+
+
+def _train_env() -> dict[str, str]:
+    """The training step starts trainer.devices ranks on this node itself, as a plain process does, when the
+    pipeline runs as a single SLURM task (the job id stays: the run's W&B id and requeue use it)."""
+    env = _child_env()
+    if env.get("SLURM_NTASKS", env.get("SLURM_NPROCS")) == "1":
+        for key in SLURM_TASK_VARS:
+            env.pop(key, None)
+    return env
 
 
 def _child_env() -> dict[str, str]:
