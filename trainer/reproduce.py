@@ -82,7 +82,8 @@ def rerun(run_dir: Path, new_dir: Path) -> int:
     with open_dict(cfg):
         cfg.run.dir, cfg.run.id = str(new_dir), new_dir.name
         cfg.run.stop_after_steps = None  # the run as it ended, not the interruption drill that may have made it
-    return start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])
+    code, _ = start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])  # (exit code, run dir)
+    return code
 
 
 def evaluate_both(a_dir: Path, b_dir: Path, max_tokens: int | None) -> dict[str, Any]:
