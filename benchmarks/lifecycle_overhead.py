@@ -66,6 +66,7 @@ def main() -> None:
     from trainer.config import compose_config
 
     instantiate(compose_config([]).data).prepare_data()  # token shards built once, outside the timings
+    load_at_start, started = os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rows: list[dict] = []
     base = runs / "base"
     steps = f"trainer.max_steps={a.max_steps}"
@@ -90,10 +91,21 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    out.write_text(json.dumps({"benchmark": "lifecycle_overhead", "max_steps": a.max_steps, "cpu_count": os.cpu_count(),
+    out.write_text(json.dumps({"benchmark": "lifecycle_overhead", "started": started, "machine": _machine(),
+                               "max_steps": a.max_steps, "cpu_count": os.cpu_count(), "loadavg_at_start": load_at_start,
                                "loadavg_at_end": load, "rows": rows}, indent=1) + "\n")
     out.with_suffix(".pipeline.txt").write_text(pipe.stdout + "\n--- the same command again ---\n" + again.stdout)
     print(f"wrote {out} (load average at the end: {load})")
+
+
+def _machine() -> str:
+    """The CPU model (figures on a shared machine are read with its load)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

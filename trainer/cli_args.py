@@ -7,6 +7,13 @@ from pathlib import Path
 from trainer.errors import UserError, closest
 
 
+def exit_with_usage_if_asked(argv: list[str], usage: str | None) -> None:
+    """`-h`/`--help` anywhere prints the tool's usage (its module docstring) and exits 0."""
+    if any(a in ("-h", "--help") for a in argv):
+        print((usage or "").strip())
+        raise SystemExit(0)
+
+
 def parse_kv(argv: list[str], allowed: dict[str, type], required: tuple[str, ...] = ()) -> dict:
     out: dict = {}
     for arg in argv:

@@ -29,8 +29,12 @@ DRIFTED_EXIT = 3
 
 
 def main(argv: list[str] | None = None) -> None:
+    from trainer.cli_args import exit_with_usage_if_asked
+
+    args = sys.argv[1:] if argv is None else argv
+    exit_with_usage_if_asked(args, __doc__)
     with exit_on_user_error():
-        report = run(sys.argv[1:] if argv is None else argv)
+        report = run(args)
     sys.exit(DRIFTED_EXIT if report["drifted"] else 0)
 
 

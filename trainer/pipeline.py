@@ -12,8 +12,9 @@ With pipeline.trigger=drift it first compares the training data with pipeline.dr
 does nothing when it has not drifted.
 
 Exit codes: 0 done (promoted, or nothing to do), 3 the data check failed or promotion was refused,
-4 the new version waits for approval, 124 training was preempted (re-run to resume), 2 bad input,
-another code: that step's.
+4 the new version waits for approval, 124 preempted (re-run to resume): SIGTERM or SIGUSR1 sent to this
+process is passed on to the running step (SIGUSR1 only to training, which checkpoints at its next step
+boundary and exits 124; SIGTERM to any step, and no further step starts), 2 bad input, another code: that step's.
 """
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ from trainer.tracking.run_dir import RunDir
 
 
 def main(argv: list[str] | None = None) -> None:
+    from trainer.cli_args import exit_with_usage_if_asked
+
+    args = sys.argv[1:] if argv is None else argv
+    exit_with_usage_if_asked(args, __doc__)
     with exit_on_user_error():
-        code = run(sys.argv[1:] if argv is None else argv)
+        code = run(args)
     sys.exit(code)
 
 

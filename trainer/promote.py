@@ -33,8 +33,12 @@ ACTIONS = ("approve", "reject", "rollback", "status")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from trainer.cli_args import exit_with_usage_if_asked
+
+    args = sys.argv[1:] if argv is None else argv
+    exit_with_usage_if_asked(args, __doc__)
     with exit_on_user_error():
-        code = run(sys.argv[1:] if argv is None else argv)
+        code = run(args)
     sys.exit(code)
 
 

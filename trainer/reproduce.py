@@ -21,11 +21,14 @@ from trainer.tracking.run_dir import RunDir
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trainer.cli_args import existing_run_dir, parse_kv
+    from trainer.cli_args import existing_run_dir, exit_with_usage_if_asked, parse_kv
+
+    argv = sys.argv[1:] if argv is None else argv
+    exit_with_usage_if_asked(argv, __doc__)
     from trainer.lifecycle.reproduce import NOT_REPRODUCED_EXIT, REPRODUCED_EXIT
 
     with exit_on_user_error():
-        args = parse_kv(sys.argv[1:] if argv is None else argv,
+        args = parse_kv(argv,
                         {"run.dir": existing_run_dir, "out.dir": Path, "atol": float, "eval_max_tokens": int}, ("run.dir",))
         report = reproduce(args["run.dir"], args.get("out.dir"), atol=args.get("atol", 1e-3),
                            eval_max_tokens=args.get("eval_max_tokens", 65536))
@@ -79,7 +82,8 @@ def rerun(run_dir: Path, new_dir: Path) -> int:
     with open_dict(cfg):
         cfg.run.dir, cfg.run.id = str(new_dir), new_dir.name
         cfg.run.stop_after_steps = None  # the run as it ended, not the interruption drill that may have made it
-    return start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])
+    code, _ = start_run(cfg, [f"reproduce of {run_dir}", f"run.dir={new_dir}"])  # (exit code, run dir)
+    return code
 
 
 def evaluate_both(a_dir: Path, b_dir: Path, max_tokens: int | None) -> dict[str, Any]:

@@ -74,3 +74,39 @@ def test_drift_trigger_without_drift_does_nothing(tmp_path, shared_cache):
     assert not list(runs_dir.glob("*/*/pipeline.json"))  # nothing trained
     proc = ok(cli("trainer.pipeline", "pipeline.trigger=drift", *pipeline_args(runs_dir, shared_cache), timeout=120), 2)
     assert "pipeline.drift_reference" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_sigterm_to_the_pipeline_preempts_training_with_124_and_a_rerun_resumes(tmp_path, shared_cache):
+    """As SLURM, Kubernetes or `kill` do: the signal reaches the pipeline's own process, not the training step."""
+    runs_dir = tmp_path / "runs"
+    # 40 steps, the loader sleeping 0.1 s per batch: training lasts seconds, long enough to signal it mid-run.
+    args = [a for a in pipeline_args(runs_dir, shared_cache) if not a.startswith("trainer.max_steps=")]
+    args += ["trainer.max_steps=40", "+data.batch_delay_s=0.1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.pipeline", *args], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and proc.poll() is None and not list(runs_dir.glob("*/*/checkpoints/step-*/manifest.json")):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        os.kill(proc.pid, signal.SIGTERM)  # the pipeline process only
+        out = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 124, out[-3000:]
+    assert "preemption requested (SIGTERM)" in out and "train: PREEMPTED with exit code 124" in out, out[-3000:]
+    run_dir = next(runs_dir.glob("*/*/pipeline.json")).parent
+    assert set(json.loads((run_dir / "pipeline.json").read_text())["steps"]) == {"data_check"}
+    summary = json.loads((run_dir / "manifest.json").read_text())["summary"]
+    assert summary["stopped"] == "preempted" and 10 <= summary["last_checkpoint"] < 40, summary
+
+    again = ok(cli("trainer.pipeline", *args, timeout=1200))
+    out = again.stdout + again.stderr
+    assert "[1/5] data_check: up to date" in out and "resuming from" in out, out[-3000:]
+    assert "pipeline: promoted version 1 of tiny" in out
+    summary = json.loads((run_dir / "manifest.json").read_text())["summary"]
+    assert summary["stopped"] == "completed" and summary["steps"] == 40

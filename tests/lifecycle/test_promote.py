@@ -108,6 +108,35 @@ def test_first_accepted_refused_pending_approve_rollback(candidates, runs_dir, t
     # Re-running a decided promotion (e.g. the pipeline after a kill) does not register the run twice.
     proc = ok(promote(f"run.dir={runs['worst']}", "model=gpt", *EVAL, runs_dir=rd), 3)
     assert len(versions(client, "gpt")) == 4 and len(decisions(rd)) == 6
+    # A second rollback goes further back (2 -> 1), never to the version the first one left (4).
+    proc = ok(promote("rollback", "--by", "bob", "--reason", "still worse", "model=gpt", runs_dir=rd))
+    assert champion(client, "gpt") == 1 and decisions(rd)[-1]["champion_after"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_rerun_repairs_aliases_left_behind_by_a_kill_inside_the_lock(candidates, runs_dir):
+    runs, rd = candidates, runs_dir
+    ok(promote(f"run.dir={runs['weak']}", "model=gpt", "promote.max_loss=10", *EVAL, runs_dir=rd))
+    ok(promote(f"run.dir={runs['good']}", "model=gpt", *EVAL, runs_dir=rd))
+    client = registry(rd)
+    # Plant what a kill between the decision's writes and the alias moves leaves: version 2's decision tag and
+    # log line are written, @champion and @candidate still point at version 1, and promotion.json is missing.
+    client.set_registered_model_alias("gpt", "champion", "1")
+    client.set_registered_model_alias("gpt", "candidate", "1")
+    (runs["good"] / "promotion.json").unlink()
+    log_before = (rd / "registry" / "decisions.jsonl").read_text()
+    assert versions(client, "gpt")[2]["decision"] == "promoted" and decisions(rd)[-1]["champion_after"] == 2
+    proc = ok(promote(f"run.dir={runs['good']}", "model=gpt", *EVAL, runs_dir=rd))
+    assert "repaired: @champion of 'gpt' pointed at version 1" in proc.stdout and "PROMOTED: version 2" in proc.stdout
+    assert champion(client, "gpt") == 2 and int(client.get_model_version_by_alias("gpt", "candidate").version) == 2
+    written = json.loads((runs["good"] / "promotion.json").read_text())
+    assert (written["decision"], written["version"], written["champion_after"]) == ("promoted", 2, 2)
+    # The decision stands as recorded: nothing registered or logged twice.
+    assert (rd / "registry" / "decisions.jsonl").read_text() == log_before and len(versions(client, "gpt")) == 2
+    # Consistent now: another re-run has nothing to repair.
+    proc = ok(promote(f"run.dir={runs['good']}", "model=gpt", *EVAL, runs_dir=rd))
+    assert "repaired" not in proc.stdout
 
 
 @pytest.mark.slow

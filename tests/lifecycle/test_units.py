@@ -68,3 +68,32 @@ def test_key_value_arguments_are_typed_from_the_schema():
     assert keys["promote.require_approval"]("true") is True and keys["registry.wandb_link"]("off") is False
     with pytest.raises(ValueError):
         keys["promote.min_delta"]("a lot")
+
+
+@pytest.mark.parametrize("module", ["trainer.promote", "trainer.drift", "trainer.reproduce", "trainer.pipeline",
+                                    "trainer.data_check"])
+def test_help_prints_the_usage_and_exits_0(module):
+    import importlib
+
+    from tests.conftest import cli
+
+    usage = importlib.import_module(module).__doc__.strip()
+    for flag in (["--help"], ["x=1", "-h"]):  # anywhere on the line, before any argument is judged
+        proc = cli(module, *flag, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == usage and f"python -m {module}" in proc.stdout
+
+
+def test_the_training_step_of_a_one_task_slurm_pipeline_starts_its_own_ranks(monkeypatch):
+    from trainer.distributed.env import detect
+    from trainer.lifecycle.pipeline import _train_env
+
+    task = {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "retrain", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+            "SLURM_NTASKS": "1", "SLURM_TASKS_PER_NODE": "1"}
+    for k, v in task.items():
+        monkeypatch.setenv(k, v)
+    assert detect().launcher == "slurm"  # as srun --ntasks=1 starts the pipeline
+    env = _train_env()
+    assert detect(env).launcher is None and env["SLURM_JOB_ID"] == "7"  # trainer.devices ranks of its own
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # one of several tasks: each is a rank, left as it is
+    assert detect(_train_env()) == detect()

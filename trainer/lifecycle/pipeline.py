@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ class Step:
     fingerprint: str
     up_to_date: Callable[[], bool]  # outputs present and current
     ok_codes: tuple[int, ...] = (0,)
+    env: dict[str, str] | None = None  # default: _child_env()
 
 
 def pipeline_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -70,7 +73,7 @@ def plan(cfg, train_args: list[str], run_dir: Path, data_fingerprint: str | None
                            _hash(data_fingerprint, quality), lambda: (rd.data_check / "report.json").is_file(),
                            ok_codes=(0, CHECK_FAILED) if quality.get("on_fail") == "warn" else (0,)),
         "train": Step("train", ["trainer.train", *train_args, f"run.dir={run_dir}"], _hash(data_fingerprint, max_steps),
-                      lambda: _trained(run_dir, max_steps)),
+                      lambda: _trained(run_dir, max_steps), env=_train_env()),
         "evaluate": Step("evaluate", ["trainer.evaluate", f"run.dir={run_dir}", "split=val", "name=val",
                                       *([f"max_tokens={eval_tokens}"] if eval_tokens else [])],
                          _hash(max_steps, eval_tokens), lambda: _json(rd.eval / "val.json").get("checkpoint_step") == max_steps),
@@ -91,28 +94,74 @@ def run_pipeline(cfg, train_args: list[str], run_dir: Path, data_fingerprint: st
     state = _json(state_path) or {"run_dir": str(run_dir), "steps": {}}
     steps = plan(cfg, train_args, run_dir, data_fingerprint)
     code = DONE
-    for i, step in enumerate(steps, 1):
-        record = state["steps"].get(step.name) or {}
-        head = f"[{i}/{len(steps)}] {step.name}"
-        if record.get("status") == "done" and record.get("fingerprint") == step.fingerprint and step.up_to_date():
-            log(f"{head}: up to date (skipped; done {record.get('finished')})")
-            code = record.get("exit_code", DONE)
-        else:
-            log(f"{head}: python -m {' '.join(step.argv)}")
-            started = time.time()
-            code = subprocess.call([sys.executable, "-m", *step.argv], env=_child_env())
-            seconds = round(time.time() - started, 1)
-            if code not in step.ok_codes:
-                log(f"{head}: FAILED with exit code {code} after {seconds}s; re-run the same command to continue from here")
-                return PREEMPTED if code == PREEMPTED else code
-            state["steps"][step.name] = {"status": "done", "fingerprint": step.fingerprint, "exit_code": code,
-                                         "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            atomic_write_json(state_path, state)
-            log(f"{head}: done in {seconds}s" + (f" (exit {code})" if code else ""))
-        if cfg.pipeline.stop_after == step.name:
-            log(f"pipeline.stop_after={step.name}: stopping here (re-run to continue)")
-            return DONE
+    with StepSignals() as signals:
+        for i, step in enumerate(steps, 1):
+            record = state["steps"].get(step.name) or {}
+            head = f"[{i}/{len(steps)}] {step.name}"
+            if record.get("status") == "done" and record.get("fingerprint") == step.fingerprint and step.up_to_date():
+                log(f"{head}: up to date (skipped; done {record.get('finished')})")
+                code = record.get("exit_code", DONE)
+            else:
+                if signals.stop:
+                    log(f"{head}: not started ({signals.stop} received); re-run the same command to continue from here")
+                    return PREEMPTED
+                log(f"{head}: python -m {' '.join(step.argv)}")
+                started = time.time()
+                code = signals.call(step.name, [sys.executable, "-m", *step.argv], env=step.env or _child_env())
+                seconds = round(time.time() - started, 1)
+                if code not in step.ok_codes:
+                    stopped = code == PREEMPTED or signals.stop
+                    log(f"{head}: {'PREEMPTED' if stopped else 'FAILED'} with exit code {code} after {seconds}s"
+                        f"{f' ({signals.stop} received)' if signals.stop else ''}; re-run the same command to continue from here")
+                    return PREEMPTED if stopped else code
+                state["steps"][step.name] = {"status": "done", "fingerprint": step.fingerprint, "exit_code": code,
+                                             "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                atomic_write_json(state_path, state)
+                log(f"{head}: done in {seconds}s" + (f" (exit {code})" if code else ""))
+            if cfg.pipeline.stop_after == step.name:
+                log(f"pipeline.stop_after={step.name}: stopping here (re-run to continue)")
+                return DONE
     return code if steps and steps[-1].name == "promote" else DONE
+
+
+class StepSignals:
+    """SIGTERM and SIGUSR1 sent to the pipeline's own process: SLURM (`--signal=USR1@T`, then SIGTERM at the
+    time limit), Kubernetes and `kill` signal this process, but only the training step can act on them (it
+    checkpoints at the next step boundary and exits PREEMPTED). Without a handler this process would die of
+    the signal (exit 138 or 143, so a batch script would not requeue) and leave the step running.
+    SIGUSR1 (a warning: time is short) goes to the training step only; the other steps are short and have
+    nothing to save. SIGTERM goes to any running step, and the pipeline stops after it with PREEMPTED."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.stop: str | None = None  # the name of the SIGTERM received: start no further step
+        self._child: subprocess.Popen | None = None
+        self._step = ""
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StepSignals":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def call(self, step: str, argv: list[str], env: dict[str, str]) -> int:
+        self._step, self._child = step, subprocess.Popen(argv, env=env)
+        try:
+            return self._child.wait()
+        finally:
+            self._child = None
+
+    def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGTERM:
+            self.stop = self.stop or "SIGTERM"
+        child = self._child
+        if child is not None and child.poll() is None and (signum == signal.SIGTERM or self._step == "train"):
+            child.send_signal(signum)
 
 
 def drift_gate(cfg, log=print) -> bool:
@@ -167,6 +216,22 @@ def _json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+# A SLURM task's identity. The pipeline is one task (`srun` in a --ntasks=1 job, or the batch shell); with
+# these its training step would take itself for that one rank and refuse trainer.devices=8.
+SLURM_TASK_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_NTASKS_PER_NODE",
+                   "SLURM_TASKS_PER_NODE", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE")
+
+
+def _train_env() -> dict[str, str]:
+    """The training step starts trainer.devices ranks on this node itself, as a plain process does, when the
+    pipeline runs as a single SLURM task (the job id stays: the run's W&B id and requeue use it)."""
+    env = _child_env()
+    if env.get("SLURM_NTASKS", env.get("SLURM_NPROCS")) == "1":
+        for key in SLURM_TASK_VARS:
+            env.pop(key, None)
+    return env
 
 
 def _child_env() -> dict[str, str]:

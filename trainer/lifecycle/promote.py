@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -114,14 +114,15 @@ def promote(ctx: Context, run_dir: Path, model: str, p: PromoteConfig, *, evalua
     export_sha = _sha256(export_dir / "model.safetensors")
     decided = ctx.registry.find(model, **{"trainer.run_id": lineage["trainer.run_id"], "export.sha256": export_sha})
     if decided is not None and decided.decision:  # a decision is final: a re-run (the pipeline after a kill) reads it
-        return _already_decided(decided, run_dir)
+        with ctx.registry.lock():
+            return _already_decided(ctx, decided, run_dir)
     tokens = evaluator.tokens(Path(p.eval_tokens).expanduser().absolute() if p.eval_tokens else run_dir, p.eval_max_tokens)
     cand = evaluator.evaluate(export_dir, tokens)  # a tokenizer other than the tokens' is a UserError here, before any write
     candidate = {k: cand[k] for k in EVAL_KEYS} | {"step": step, "export_sha256": export_sha}
     with ctx.registry.lock():
         existing = ctx.registry.find(model, **{"trainer.run_id": lineage["trainer.run_id"], "export.sha256": export_sha})
         if existing is not None and existing.decision:
-            return _already_decided(existing, run_dir)
+            return _already_decided(ctx, existing, run_dir)
         champion = ctx.registry.by_alias(model, "champion")
         if champion is None and p.max_loss is None:
             raise _no_bar(model)
@@ -180,16 +181,38 @@ def _evaluate_version(registry: Registry, version: Version, tokens, evaluator: E
     return {k: result[k] for k in EVAL_KEYS}
 
 
-def _already_decided(version: Version, run_dir: Path) -> Decision:
-    """This very export was registered before (a re-run, e.g. the pipeline after a kill): its decision stands."""
-    path = RunDir(run_dir).promotion  # what the pipeline reads back
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("version") == version.version:
-            return Decision(**data)
-    return Decision(action="promote", decision=version.decision or "unknown", model=version.name, version=version.version,
-                    reason=version.tags.get("decision.reason", "decided before"), by=version.tags.get("decision.by", ""),
-                    champion_before=None, champion_after=None, run_id=version.tags.get("trainer.run_id"))
+def _already_decided(ctx: Context, version: Version, run_dir: Path) -> Decision:
+    """This very export was registered before (a re-run, e.g. the pipeline after a kill): its decision stands.
+    Called under the registry lock. A process killed after the decision was recorded but before the aliases
+    moved (or before promotion.json was written) left the registry behind its decision log: this repairs it."""
+    records = [r for r in ctx.log.records() if r.get("model") == version.name]
+    _repair_aliases(ctx, version.name, records)
+    mine = [r for r in records if r.get("action") == "promote" and r.get("version") == version.version]
+    names = {f.name for f in fields(Decision)}
+    if mine:
+        record = Decision(**{k: v for k, v in mine[-1].items() if k in names})
+    else:  # recorded in a decision log elsewhere (registry.decision_log changed): the version's tags say what it was
+        record = Decision(action="promote", decision=version.decision or "unknown", model=version.name,
+                          version=version.version, reason=version.tags.get("decision.reason", "decided before"),
+                          by=version.tags.get("decision.by", ""), champion_before=None, champion_after=None,
+                          run_id=version.tags.get("trainer.run_id"))
+    _write_decision(run_dir, record)  # what the pipeline reads back
+    return record
+
+
+def _repair_aliases(ctx: Context, model: str, records: list[dict[str, Any]]) -> None:
+    """@champion to the decision log's last champion_after, @candidate to its last promotion's version. Every
+    decision writes its log line before it moves an alias, so the log is the later of the two."""
+    champion_after = records[-1].get("champion_after") if records else None
+    promoted = [r["version"] for r in records if r.get("action") == "promote"]
+    for alias, want in (("champion", champion_after), ("candidate", promoted[-1] if promoted else None)):
+        if want is None:
+            continue
+        have = ctx.registry.by_alias(model, alias)
+        if have is None or have.version != int(want):
+            ctx.registry.set_alias(model, alias, int(want))
+            print(f"repaired: @{alias} of {model!r} pointed at {f'version {have.version}' if have else 'nothing'}; "
+                  f"the decision log ({ctx.log.path}) says version {want} (a process stopped between the two writes)")
 
 
 def _quiet_transformers() -> None:
