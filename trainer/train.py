@@ -87,6 +87,7 @@ def hydra_argv(argv: list[str]) -> list[str]:
 def start_run(cfg: DictConfig, argv: list[str]) -> tuple[int, Path]:
     """Run (or start the ranks of) one training run; (exit code, run dir)."""
     from trainer.build import check_local_devices
+    from trainer.config import complete_target_sections
     from trainer.distributed.env import detect
     from trainer.plan import check_before_launch
     from trainer.prepare import prepare_run
@@ -94,6 +95,7 @@ def start_run(cfg: DictConfig, argv: list[str]) -> tuple[int, Path]:
     if detect().launcher is None:
         # Before the run dir is touched, and once rather than in every local rank torchrun would start.
         check_local_devices(cfg.trainer)
+    complete_target_sections(cfg)  # the constructors' defaults: the plan reads them (data.seq_len is ${model.seq_len})
     if detect().rank == 0:  # under an external launcher every rank starts here; one check is enough
         check_before_launch(cfg)
     group = _sweep_group(cfg)
