@@ -41,9 +41,7 @@ def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = No
 
     complete_target_sections(cfg)
     validate(cfg)
-    missing = sorted(OmegaConf.missing_keys(cfg))  # `???`: a value only the user can give (e.g. data.path)
-    if missing:
-        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
+    check_required(cfg)
     if cfg.model.get("init_from"):
         with open_dict(cfg):
             cfg.model.init_from = str(Path(cfg.model.init_from).expanduser().absolute())  # frozen absolute
@@ -75,6 +73,13 @@ def prepare_run(cfg: DictConfig, argv: Sequence[str], *, run_id: str | None = No
     else:
         frozen = RunDir(run_dir).config
     return PreparedRun(run_dir, rid, frozen, proc.launcher, proc.rank, lock)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """`???`: a value only the user can give (e.g. data.path of gpt2_124m)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (it is ??? in the config): add {missing[0]}=VALUE to the command.")
 
 
 def resolved(cfg: DictConfig) -> DictConfig:
