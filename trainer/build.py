@@ -133,22 +133,37 @@ def build_model(model: DictConfig, datamodule) -> tuple[Any, dict]:
     for key in DATA_DERIVED:
         if key in model and model[key] is None and getattr(datamodule, key, None) is not None:
             fills[key] = getattr(datamodule, key)
-    vocab = getattr(datamodule, "vocab_size", None)
-    if model.get("vocab_size") is not None and vocab is not None and model.vocab_size < vocab:
-        raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab}); "
-                        "set model.vocab_size=null")
+    check_vocab(model, datamodule)
     spec = {**OmegaConf.to_container(model, resolve=True), **fills}
     return instantiate(model, **fills), spec
 
 
-def check_init_from(cfg: DictConfig) -> None:
+def check_vocab(model: DictConfig, datamodule) -> None:
+    vocab = getattr(datamodule, "vocab_size", None)
+    if model.get("vocab_size") is not None and vocab is not None and model.vocab_size < vocab:
+        raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab}); "
+                        "set model.vocab_size=null")
+
+
+def check_data_and_model(cfg: DictConfig) -> None:
+    """Before any file of the run is written (rank 0): build the data module, so that bad data input
+    (an unknown tokenizer, a missing text column, a hub dataset while offline ...) stops the run here,
+    and check the model against it: the vocabulary, and model.init_from. The token shards go to the
+    cache (paths.cache_dir), never the run dir; the ranks then find them built."""
+    datamodule = build_datamodule(cfg.data)
+    check_vocab(cfg.model, datamodule)
+    if cfg.model.get("init_from"):
+        check_init_from(cfg, getattr(datamodule, "vocab_size", None))
+
+
+def check_init_from(cfg: DictConfig, data_vocab: int | None) -> None:
     """Fine-tuning from model.init_from (a Hugging Face Llama directory): every tensor's shape and the
-    config values checked against the model this config builds, before any file of the run is written
-    (the vocabulary, when null, comes from the data's tokenizer as build_model fills it)."""
+    config values checked against the model this config builds (the vocabulary, when null, is the
+    data's, as build_model fills it)."""
     from trainer.models.llama_hf import check_hf_shapes, gpt_config_of
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    vocab = build_datamodule(cfg.data).vocab_size if model.get("vocab_size") is None else None
+    vocab = data_vocab if model.get("vocab_size") is None else None
     check_hf_shapes(Path(model["init_from"]), gpt_config_of(model, vocab))
 
 

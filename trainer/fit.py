@@ -87,10 +87,6 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
-    if is_zero and any(getattr(lg, "log_checkpoint", False) for lg in trainer.loggers) and checkpointer.stopped_early is None and checkpointer.last_saved_step:
-        from trainer.tracking.artifacts import log_checkpoint_artifact
-
-        log_checkpoint_artifact(trainer.loggers, rd.path, checkpointer.last_saved_step)
     if code == REQUEUE_EXIT:
         leave_requeue_marker()
         requeue_slurm_job(proc.rank)
@@ -104,6 +100,11 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
             preempt_signal_to_saved_s=checkpointer.preempt_saved_at - preemption.signalled_at if preempted else None,
         )
         update_manifest(rd.path, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
+        if any(getattr(lg, "log_checkpoint", False) for lg in trainer.loggers) and checkpointer.stopped_early is None \
+                and checkpointer.last_saved_step:  # after the summary: the artifact's val_loss (for `best`) is read from it
+            from trainer.tracking.artifacts import log_checkpoint_artifact
+
+            log_checkpoint_artifact(trainer.loggers, rd.path, checkpointer.last_saved_step)
         log_summary(trainer.loggers, summary)
         console.print_summary(summary, rd.path, wandb_sync_hint(rd.path))
     _shutdown_distributed()

@@ -89,9 +89,9 @@ def start_run(cfg: DictConfig, argv: list[str]) -> tuple[int, Path]:
     from trainer.build import check_local_devices
     from trainer.distributed.env import detect
     from trainer.plan import check_before_launch
-    from trainer.prepare import prepare_run, require_user_values
+    from trainer.prepare import check_required, prepare_run
 
-    require_user_values(cfg)
+    check_required(cfg)  # a missing value first: the other checks depend on it (gpt2_124m's data.path on a CPU host)
     if detect().launcher is None:
         # Before the run dir is touched, and once rather than in every local rank torchrun would start.
         check_local_devices(cfg.trainer)

@@ -60,8 +60,9 @@ def test_a_mixture_run_logs_its_realised_shares(tmp_path, shared_cache):
         for i in range(8):
             (root / f"{i}.txt").write_text(f"{letter * 50}\n" * (10 + i))
     run = tmp_path / "run"
+    # the data check (on by default) rightly refuses these repeated-letter documents (near duplicates, outliers)
     ok(train(run, shared_cache, "data=mixture", f"data.sources=[{{path: {a}, weight: 0.75}}, {{path: {b}, weight: 0.25}}]",
-             "trainer.max_steps=30"))
+             "trainer.max_steps=30", "data.quality.enabled=false"))
     last = [r for r in metrics_rows(run) if r.get("data/mixture/source0")][-1]
     shares = [float(last["data/mixture/source0"]), float(last["data/mixture/source1"])]
     assert sum(shares) == pytest.approx(1.0)
@@ -82,14 +83,14 @@ def test_a_mixture_run_logs_its_realised_shares(tmp_path, shared_cache):
 def test_unknown_tokenizer(tmp_path, shared_cache):
     proc = train(tmp_path / "run", shared_cache, "data.tokenizer=bytes")
     assert_user_error(proc, "data.tokenizer='bytes'", "Did you mean 'byte'", "HF_HUB_OFFLINE")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # nothing written: refused before the run dir is made
 
 
 def test_tokenizer_vocabulary_larger_than_the_model(tmp_path, shared_cache):
     tok_dir = local_hf_tokenizer(tmp_path / "tokenizer")
     proc = train(tmp_path / "run", shared_cache, f"data.tokenizer={tok_dir}", "model.vocab_size=256")
     assert_user_error(proc, "model.vocab_size=256 is smaller than the tokenizer's vocabulary", "model.vocab_size=null")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_text_field_lists_the_columns(tmp_path, shared_cache):
@@ -97,17 +98,20 @@ def test_missing_text_field_lists_the_columns(tmp_path, shared_cache):
     rows.write_text("".join(json.dumps({"body": t, "lang": "en"}) + "\n" for t in corpus_texts(5)))
     proc = train(tmp_path / "run", shared_cache, f"data.path={rows}", "data.text_field=content")
     assert_user_error(proc, "data.text_field='content' is not a column", "(columns: body, lang)")
+    assert not (tmp_path / "run").exists()
 
 
 def test_non_positive_mixture_weight(tmp_path, shared_cache):
     proc = train(tmp_path / "run", shared_cache, "data=mixture", "data.sources=[{path: stdlib, weight: 1}, {path: stdlib, weight: 0}]")
     assert_user_error(proc, "data.sources[1].weight=0 is invalid", "positive")
+    assert not (tmp_path / "run").exists()
 
 
 def test_hub_dataset_while_offline(tmp_path, shared_cache):
     proc = train(tmp_path / "run", shared_cache, "data.path=HuggingFaceFW/fineweb-edu", "data.name=sample-10BT")  # offline: conftest
     assert_user_error(proc, "HuggingFaceFW/fineweb-edu", "offline", "hf download HuggingFaceFW/fineweb-edu --repo-type dataset",
                       "data.path=DIR data.name=sample-10BT")
+    assert not (tmp_path / "run").exists()
 
 
 def test_gpt2_experiment_needs_a_data_path(tmp_path):

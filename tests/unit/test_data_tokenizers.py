@@ -125,3 +125,23 @@ def test_hub_tokenizer_name_while_offline_names_the_variable_and_a_local_copy(tm
     with pytest.raises(UserError, match=r"data\.tokenizer='openai-community/gpt2' .*HF_HUB_OFFLINE=1 \(offline\).*"
                                         r"save_pretrained\('DIR'\).*set data\.tokenizer=DIR"):
         load_pretrained("openai-community/gpt2")
+
+
+def test_the_memory_plan_sizes_the_model_with_a_hf_tokenizers_vocabulary(tmp_path):
+    """trainer.plan (and the check before launch) builds the model from the config alone: the vocabulary is the
+    tokenizer's own (padded to a multiple of 64), not data.bpe_vocab_size, and no token shard is built for it."""
+    from transformers import AutoTokenizer
+
+    from trainer.config import compose_config
+    from trainer.plan import _workload
+
+    directory = local_hf_tokenizer(tmp_path / "tok")
+    size = len(AutoTokenizer.from_pretrained(str(directory)))
+    assert TokenDataModule.planned_attributes(tokenizer=str(directory)) == {"vocab_size": size}
+    assert TokenDataModule.planned_attributes(tokenizer="byte") == {"vocab_size": 256}
+    assert TokenDataModule.planned_attributes(tokenizer="bpe", bpe_vocab_size=1000) == {"vocab_size": 1000}
+    cfg = compose_config([f"data.tokenizer={directory}", f"paths.cache_dir={tmp_path / 'cache'}", "logger.wandb=false"])
+    assert cfg.model.vocab_size is None and cfg.data.bpe_vocab_size != size
+    net = _workload(cfg).make_net()
+    assert net.cfg.vocab_size == size and net.embed.weight.shape[0] == -(-size // 64) * 64
+    assert not (tmp_path / "cache").exists()

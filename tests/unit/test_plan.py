@@ -138,3 +138,13 @@ def test_a_run_that_does_not_fit_is_refused_before_launch_naming_the_fix(tmp_pat
     assert "the memory plan predicts" in err and "more than the 0.02 GiB available (plan.device_memory_gb)" in err, err
     assert "Fits: strategy=single" in err and "Traceback" not in err, err
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_the_check_before_launch_plans_the_default_config(tmp_path):
+    """Without model.seq_len on the command line (the model's own default, filled in from its signature)."""
+    run = tmp_path / "run"
+    proc = cli("trainer.train", "plan.device_memory_gb=0.001", "trainer.max_steps=2", "logger.wandb=false",
+               f"run.dir={run}", f"paths.cache_dir={tmp_path}")
+    assert proc.returncode == 2 and "the memory plan predicts" in proc.stderr, proc.stderr[-3000:]
+    assert "could not plan" not in proc.stderr and not run.exists()

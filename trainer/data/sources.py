@@ -189,6 +189,16 @@ def resolve_source(spec: SourceSpec, index: int | None = None) -> Source:
     )
 
 
+def reads_text_field(spec: SourceSpec) -> bool:
+    """Whether text_field selects a column of this source: a dataset's rows, or json/jsonl/parquet/csv files
+    (other files are one document each). A path that cannot be resolved here any more: True (it may)."""
+    try:
+        source = resolve_source(spec)
+    except UserError:
+        return True
+    return isinstance(source, DatasetSource) or any(f.suffix in TABLE_BUILDERS for f in source.files)
+
+
 def _files(spec: SourceSpec, index: int | None, label: str, files: list[Path]) -> FileSource:
     return FileSource(spec, _text_files(files, f"{spec.where(index)}path={spec.path!r}"), label)
 

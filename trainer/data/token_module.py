@@ -113,10 +113,13 @@ class TokenDataModule(pl.LightningDataModule):
 
     @classmethod
     def planned_attributes(cls, **kwargs) -> dict:
-        """What the model takes from this data, known from the config alone (the memory plan reads it
-        without building token shards): the byte tokenizer's 256 ids, or the BPE's target vocabulary."""
+        """What the model takes from this data, known without building token shards (the memory plan
+        reads it): the byte tokenizer's 256 ids, the BPE's target vocabulary (it is trained on the
+        corpus), or a Hugging Face tokenizer's own vocabulary (loading it reads only its files)."""
         a = with_defaults(cls, kwargs)
-        return {"vocab_size": 256 if a["tokenizer"] == "byte" else int(a["bpe_vocab_size"])}
+        if a["tokenizer"] == "bpe":
+            return {"vocab_size": int(a["bpe_vocab_size"])}
+        return {"vocab_size": load_tokenizer(a["tokenizer"]).vocab_size}
 
     @classmethod
     def example_batch(cls, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ def model_card(run_dir: Path, provenance: dict, cfg) -> str:
                          f"MLP {cfg.hidden}, context {cfg.seq_len}, RoPE theta {cfg.rope_theta:g}, "
                          f"tied embeddings: {str(cfg.tie_embeddings).lower()}"),
         ("parameters", f"{n_params:,}"),
-        ("data", f"`{data.get('path')}`" + (f" (text field `{data.get('text_field')}`)" if data.get("text_field") else "")),
+        ("data", data_description(data)),
         ("tokenizer", f"{data.get('tokenizer')} (vocabulary {provenance['vocab_size']}, identity `{provenance['tokenizer']}`)"),
         ("data fingerprint", f"`{provenance.get('data_fingerprint')}`"),
         ("training tokens in the corpus", _num(corpus.get("train_tokens"))),
@@ -43,6 +43,34 @@ def model_card(run_dir: Path, provenance: dict, cfg) -> str:
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=50)[0]))", "```", "",
     ]
     return "\n".join(lines)
+
+
+def data_description(data) -> str:
+    """The corpus as the run named it: its path, or each source of a mixture with its share; a dataset's
+    config and split; the text field only where it selects a column (tables and datasets)."""
+    from omegaconf import OmegaConf
+
+    from trainer.data.sources import SourceSpec, reads_text_field, source_specs
+
+    data = OmegaConf.to_container(data) if OmegaConf.is_config(data) else dict(data)
+    common = {k: data[k] for k in ("name", "split", "text_field", "file_glob", "streaming", "max_tokens") if k in data}
+    try:
+        if data.get("sources"):
+            specs = source_specs(list(data["sources"]), common)
+        elif data.get("path") is not None:
+            specs = [SourceSpec(path=str(data["path"]), **common)]
+        else:
+            return "n/a"
+    except Exception:  # noqa: BLE001 - another data module's keys: show its path as given
+        return f"`{data.get('path')}`"
+    total = sum(s.weight for s in specs)
+    parts = []
+    for s in specs:
+        details = ([f"config `{s.name}`"] if s.name else []) + ([f"split `{s.split}`"] if s.split != "train" else [])
+        details += [f"text field `{s.text_field}`"] if reads_text_field(s) else []
+        details += [f"weight {s.weight / total:.3g}"] if len(specs) > 1 else []
+        parts.append(f"`{s.path}`" + (f" ({', '.join(details)})" if details else ""))
+    return ("mixture of " if len(specs) > 1 else "") + "; ".join(parts)
 
 
 def _eval_table(run_dir: Path, step: int) -> list[str]:
