@@ -87,11 +87,16 @@ def hydra_argv(argv: list[str]) -> list[str]:
 def start_run(cfg: DictConfig, argv: list[str]) -> tuple[int, Path]:
     """Run (or start the ranks of) one training run; (exit code, run dir)."""
     from trainer.build import check_local_devices
+    from trainer.config import complete_target_sections
     from trainer.distributed.env import detect
     from trainer.plan import check_before_launch
     from trainer.prepare import check_required, prepare_run
 
-    check_required(cfg)  # a missing value first: the other checks depend on it (gpt2_124m's data.path on a CPU host)
+    # The constructors' defaults first (`data.seq_len: ${model.seq_len}` resolves only once model.seq_len is
+    # filled), then a missing value before anything else: the other checks depend on it (gpt2_124m's
+    # data.path on a CPU host would otherwise get the no-GPU error).
+    complete_target_sections(cfg)
+    check_required(cfg)
     if detect().launcher is None:
         # Before the run dir is touched, and once rather than in every local rank torchrun would start.
         check_local_devices(cfg.trainer)
