@@ -92,11 +92,11 @@ def start_run(cfg: DictConfig, argv: list[str]) -> tuple[int, Path]:
     from trainer.plan import check_before_launch
     from trainer.prepare import check_required, prepare_run
 
+    complete_target_sections(cfg)  # the constructors' defaults: the checks read them (data.seq_len is ${model.seq_len})
     check_required(cfg)  # a missing value first: the other checks depend on it (gpt2_124m's data.path on a CPU host)
     if detect().launcher is None:
         # Before the run dir is touched, and once rather than in every local rank torchrun would start.
         check_local_devices(cfg.trainer)
-    complete_target_sections(cfg)  # the constructors' defaults: the plan reads them (data.seq_len is ${model.seq_len})
     if detect().rank == 0:  # under an external launcher every rank starts here; one check is enough
         check_before_launch(cfg)
     group = _sweep_group(cfg)
