@@ -50,9 +50,18 @@ def machine() -> dict[str, Any]:
         import pytorch_lightning as pl
 
         info["pytorch_lightning"] = pl.__version__
-    with contextlib.suppress(OSError):
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    load = load_avg()
+    if load is not None:
+        info["load_avg_1m"] = load
     return info
+
+
+def load_avg() -> float | None:
+    """The 1-minute load average: on a shared machine, what a figure was measured under (None where unknown)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -90,12 +99,17 @@ class StepClock:
     first_step_s: float | None = None  # from start() to the end of step 1 (compilation included)
     wall: list[float] = field(default_factory=list)  # per-step seconds after warm-up
     cpu: list[float] = field(default_factory=list)  # per-step process CPU seconds (all threads)
+    # Where the training (main) thread's wall time went, per step: on a CPU (its own CPU time),
+    # waiting for a CPU (run queue: other threads and processes had it) or neither (blocked: I/O,
+    # a lock, the GIL, a device sync). wall = thread_cpu + runqueue + blocked.
+    thread_cpu: list[float] = field(default_factory=list)
+    runqueue: list[float] = field(default_factory=list)  # empty where /proc/thread-self/schedstat is missing
     window_s: float | None = None  # synchronised wall time of steps warmup+1..total
     window_tree_cpu_s: float | None = None  # CPU time of this process and its children over the window
     peak_mem_gib: float | None = None
     checkpoint_save_s: list[float] = field(default_factory=list)
     _t_start: float = 0.0
-    _last: tuple[float, float] | None = None
+    _last: tuple[float, ...] | None = None
     _window_t0: float = 0.0
     _window_cpu0: float = 0.0
     _seen: int = 0
@@ -114,12 +128,15 @@ class StepClock:
         self._seen = step
         if step == self.warmup or step == self.total:
             self._sync()
-        now = (time.perf_counter(), time.process_time())
+        now = (time.perf_counter(), time.process_time(), time.thread_time(), runqueue_s())
         if step == 1:
             self.first_step_s = now[0] - self._t_start
         if step > self.warmup and self._last is not None:
             self.wall.append(now[0] - self._last[0])
             self.cpu.append(now[1] - self._last[1])
+            self.thread_cpu.append(now[2] - self._last[2])
+            if now[3] is not None and self._last[3] is not None:
+                self.runqueue.append(now[3] - self._last[3])
         if step == self.warmup:
             self._window_t0, self._window_cpu0 = now[0], tree_cpu_s()
         if step == self.total:
@@ -155,7 +172,30 @@ class StepClock:
             "checkpoint_save_s": list(self.checkpoint_save_s),
             "step_s": list(self.wall),
             "cpu_step_s": list(self.cpu),
+            "thread_cpu_step_s": list(self.thread_cpu),
+            "runqueue_step_s": list(self.runqueue),
+            "wall_split": wall_split(self.wall, self.thread_cpu, self.runqueue),
         }
+
+
+def runqueue_s() -> float | None:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat), or None."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wall_split(wall: list[float], thread_cpu: list[float], runqueue: list[float]) -> dict[str, float | None]:
+    """Mean per-step split of the main thread's wall time: its own CPU, waiting in the run queue,
+    and blocked (the rest)."""
+    if not wall:
+        return {"thread_cpu_s": None, "runqueue_s": None, "blocked_s": None}
+    n = len(wall)
+    cpu = sum(thread_cpu) / n
+    rq = sum(runqueue) / n if len(runqueue) == n else None
+    return {"thread_cpu_s": cpu, "runqueue_s": rq, "blocked_s": (sum(wall) / n - cpu - rq) if rq is not None else None}
 
 
 def tree_cpu_s() -> float:
@@ -228,7 +268,10 @@ def run_ours(overrides: Sequence[str], callbacks: Sequence[Any]) -> int:
 
     cfg = compose(overrides)
     run = prepare_run(cfg, ["benchmarks", *overrides], launcher_label="benchmark")
-    return run_fit(resolved(cfg), run.dir, run.id, extra_callbacks=list(callbacks))
+    try:
+        return run_fit(resolved(cfg), run.dir, run.id, extra_callbacks=list(callbacks))
+    finally:
+        run.release()  # as train does: the lock's heartbeat stops before the caller removes the run dir
 
 
 def plain_lightning_trainer(*, device: str, precision: str, max_steps: int, gradient_clip_val: float, callbacks: list):
@@ -252,6 +295,19 @@ def plain_lightning_trainer(*, device: str, precision: str, max_steps: int, grad
     )
 
 
+def schedule_factor(cfg):
+    """The run's LR schedule as a factor per step (the hand-written loop applies it itself): the
+    `scheduler` section's own scheduler, built on a throwaway optimizer with lr 1."""
+    import torch
+    from hydra.utils import instantiate
+
+    if cfg.get("scheduler") is None:
+        return lambda step: 1.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = instantiate(cfg.scheduler)(opt)
+    return lambda step: scheduler.lr_lambdas[0](step) if hasattr(scheduler, "lr_lambdas") else 1.0
+
+
 # --------------------------------------------------------------------------- the hand-written loop
 def handwritten_train(
     net,
@@ -270,6 +326,7 @@ def handwritten_train(
     grad_clip: float,
     clock: StepClock,
     compile: bool = False,
+    compile_mode: str = "default",
     log_every: int = 10,
     seed: int = 1337,
 ) -> float:
@@ -297,7 +354,7 @@ def handwritten_train(
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=cuda or None)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and bf16) else contextlib.nullcontext()
     model.train()
     lossf = float("nan")

@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     machine,
     markdown_table,
     quiet,
+    schedule_factor,
     write_json,
 )
 
@@ -44,10 +45,10 @@ GOAL = 20.0
 
 def corpus_megabytes() -> tuple[float, int]:
     """UTF-8 MB of text and number of documents of the stdlib corpus, read once (warms the page cache)."""
-    from trainer.data.sources import load_documents, quiet_datasets, resolve_source
+    from trainer.data.sources import SourceSpec, load_documents, quiet_datasets, resolve_source
 
     with tempfile.TemporaryDirectory() as hf, quiet_datasets():
-        docs = load_documents(resolve_source("stdlib", None, "text"), hf)
+        docs = load_documents(resolve_source(SourceSpec("stdlib")), hf)
         total = sum(len((t or "").encode("utf-8")) for t in docs["text"])
         return total / 1e6, len(docs)
 
@@ -67,14 +68,19 @@ def build_once(num_proc: int, tokenizer: str) -> float:
 
 def loader_tokens_per_s(seq_len: int, batch_size: int, workers: int, batches: int) -> float:
     """Tokens/s out of the real train loader (step-indexed sampler, memmap windows)."""
-    import pytorch_lightning as pl
-
     from trainer.data import TokenDataModule
 
     dm = TokenDataModule(path="stdlib", tokenizer="byte", seq_len=seq_len, batch_size=batch_size, num_workers=workers,
                          cache_dir=str(Path(compose([]).data.cache_dir)))
     dm.prepare_data()
     dm.setup("fit")
+    return train_loader_tokens_per_s(dm, batches)
+
+
+def train_loader_tokens_per_s(dm, batches: int) -> float:
+    """Tokens/s out of a data module's train loader, attached to a real pl.Trainer for `batches` steps."""
+    import pytorch_lightning as pl
+
     dm.trainer = pl.Trainer(max_steps=batches, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                             enable_checkpointing=False, enable_model_summary=False)
     it = iter(dm.train_dataloader())
@@ -97,7 +103,7 @@ def model_tokens_per_s(steps: int = 8, warmup: int = 3) -> tuple[float, dict]:
     o = cfg.optim
     handwritten_train(net, train_tokens=dm.windows("train").tokens(), batch_size=cfg.data.batch_size,
                       seq_len=cfg.model.seq_len, steps=clock.total, device="cpu", bf16=False, lr=o.lr,
-                      lr_factor=module.lr_factor, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
+                      lr_factor=schedule_factor(cfg), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
                       grad_clip=cfg.trainer.gradient_clip_val, clock=clock)
     step = statistics.median(clock.wall)
     return cfg.data.batch_size * cfg.model.seq_len / step, {"threads": torch.get_num_threads(), "step_s": step}
@@ -107,7 +113,7 @@ def gpt2_peak_tokens_per_s() -> tuple[float, float]:
     import torch
     from hydra.utils import instantiate
 
-    cfg = compose(["experiment=gpt2_124m", "model.vocab_size=50304", "data.tokenizer=byte"])
+    cfg = compose(["experiment=gpt2_124m", "model.vocab_size=50304", "data.path=stdlib", "data.tokenizer=byte"])
     with torch.device("meta"):
         net = instantiate(cfg.model)
     fpt = float(net.flops_per_token())

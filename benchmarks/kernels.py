@@ -15,7 +15,10 @@ auto_table_candidate.json (this GPU's entry for trainer/ops/auto_table.json; add
 `python -m trainer.ops.auto add <file>`). Every row compares the fused kernel with the PyTorch
 reference, eager and under torch.compile, measured in this process run, forward and forward+backward.
 Goals: RMSNorm fwd+bwd >= 80% and the other bandwidth-bound ops >= 85% of copy bandwidth; no
-slower than torch.compile; fused linear CE peak memory <= 1/4 of the unfused loss.
+slower than torch.compile; fused linear CE peak memory <= 1/4 of the unfused loss. The fused
+linear CE's compile goal (issue 16: >= 1.0x) is against the faster of two compiled alternatives:
+the chunked reference (what auto would run instead, the "compile" column) and the plain linear +
+cross-entropy (`compile_unfused`, the comparator of the 0.75x the goal was set from).
 """
 from __future__ import annotations
 
@@ -57,6 +60,9 @@ class Case:
     measure_memory: bool = False
     grads_in_forward: bool = False  # the fused forward already computes the gradients (linear CE)
     fused_only: bool = False  # a variant of a fused kernel (e.g. another chunk size): no reference timings
+    # The memory baseline, where it is not ref_fn: the linear CE's reference is itself chunked (auto's
+    # alternative to the kernel, so the speeds compare with it); its memory goal is against the unfused loss.
+    unfused_fn: Callable | None = None
 
 
 @dataclass
@@ -74,6 +80,10 @@ class Result:
     grads_in_forward: bool = False
     speedup_eager: float | None = None  # fwd+bwd: reference ms / fused ms
     speedup_compile: float | None = None
+    # fused linear CE: fwd+bwd against torch.compile of the unfused linear + CE, and against the
+    # faster of the two compiled alternatives (the goal's comparator)
+    speedup_compile_unfused: float | None = None
+    speedup_best_compile: float | None = None
     fwd_speedup_eager: float | None = None  # forward alone (None where the fused forward also does the backward)
     fwd_speedup_compile: float | None = None
     error: str | None = None
@@ -152,6 +162,7 @@ def build_cases(size: str) -> list[Case]:
         lambda h, w, t: fused.fused_linear_cross_entropy(h, w, t),
         lambda h, w, t: ref.fused_linear_cross_entropy(h, w, t),
         bytes_fwd=0, bytes_fwd_bwd=0, bandwidth_bound=False, measure_memory=True, grads_in_forward=True,
+        unfused_fn=lambda h, w, t: ref.linear_cross_entropy(h, w, t),
     ))
     # The chunk size decides the linear CE's speed (each chunk re-reads and re-writes the fp32 weight
     # gradient) and memory: the kernel's choice above (~1 GiB of logits per chunk), against the
@@ -166,7 +177,12 @@ def build_cases(size: str) -> list[Case]:
             bytes_fwd=0, bytes_fwd_bwd=0, bandwidth_bound=False, measure_memory=True, grads_in_forward=True,
             fused_only=True,
         ))
-    return cases
+    # The ops with a goal of their own first (RMSNorm's bandwidth, the linear CE against compile): under
+    # --budget-s the compile baseline is dropped past 60% of the budget and the last ops are skipped.
+    return sorted(cases, key=lambda c: ORDER.index(c.op))
+
+
+ORDER = ("rms_norm", "fused_linear_ce", "rope", "swiglu", "cross_entropy", "fused_linear_ce_chunks")
 
 
 def _hidden_sized_chunk(n: int, vocab: int, dim: int) -> int:
@@ -257,6 +273,8 @@ def run_case(case: Case, copy_gbps: float, compile_ref: bool) -> Result:
     if compile_ref and not case.fused_only:
         torch._dynamo.reset()
         impls["compile"] = torch.compile(case.ref_fn, dynamic=False)
+        if case.unfused_fn is not None:
+            impls["compile_unfused"] = torch.compile(case.unfused_fn, dynamic=False)
     for name, fn in impls.items():
         start = time.monotonic()
         res.fwd_ms[name] = time_ms(fn, input_sets, backward=False)  # the training forward (inputs need grad)
@@ -273,11 +291,16 @@ def run_case(case: Case, copy_gbps: float, compile_ref: bool) -> Result:
             setattr(res, f"speedup_{impl}", res.fwd_bwd_ms[impl] / res.fwd_bwd_ms["fused"])
             if not case.grads_in_forward:
                 setattr(res, f"fwd_speedup_{impl}", res.fwd_ms[impl] / res.fwd_ms["fused"])
+    if "compile_unfused" in res.fwd_bwd_ms:
+        res.speedup_compile_unfused = res.fwd_bwd_ms["compile_unfused"] / res.fwd_bwd_ms["fused"]
+        res.speedup_best_compile = min(res.fwd_bwd_ms["compile"], res.fwd_bwd_ms["compile_unfused"]) / res.fwd_bwd_ms["fused"]
     if case.measure_memory and DEV == "cuda":
         args = input_sets[0]
         res.peak_mib = {"fused": peak_mib(case.fused_fn, args)}
         if not case.fused_only:
-            res.peak_mib["unfused"] = peak_mib(case.ref_fn, args)
+            if case.unfused_fn is not None:
+                res.peak_mib["reference"] = peak_mib(case.ref_fn, args)
+            res.peak_mib["unfused"] = peak_mib(case.unfused_fn or case.ref_fn, args)
     return res
 
 
@@ -286,7 +309,8 @@ def _fmt(v, spec=".2f", suffix=""):
 
 
 def _ms(times: dict) -> str:
-    return " / ".join(_fmt(times.get(k), ".3f") for k in ("fused", "eager", "compile"))
+    ms = " / ".join(_fmt(times.get(k), ".3f") for k in ("fused", "eager", "compile"))
+    return ms + (f"; compiled unfused {times['compile_unfused']:.3f}" if "compile_unfused" in times else "")
 
 
 def table(results: list[Result], copy_gbps: float) -> str:
@@ -302,6 +326,8 @@ def table(results: list[Result], copy_gbps: float) -> str:
             peak = f"{r.peak_mib['fused']:.0f}"
             if r.peak_mib.get("unfused"):
                 peak += f" / {r.peak_mib['unfused']:.0f} ({r.peak_mib['fused'] / r.peak_mib['unfused']:.2f})"
+            if r.peak_mib.get("reference") is not None:
+                peak += f"; chunked reference {r.peak_mib['reference']:.0f}"
         fwd_note = " (incl. grads)" if r.grads_in_forward else ""
         lines.append(
             f"| {r.op} | {r.shape} | {r.dtype} | {_ms(r.fwd_ms)}{fwd_note} | {_ms(r.fwd_bwd_ms)} "
@@ -325,12 +351,20 @@ def goals(results: list[Result]) -> list[str]:
             for label, frac in passes:
                 out.append(f"{'PASS' if frac >= goal else 'MISS'} {r.op} {r.shape} {label}: {100 * frac:.0f}% of copy "
                            f"bandwidth (goal {100 * goal:.0f}%)")
-        if r.speedup_compile is not None:
+        if r.speedup_best_compile is not None:
+            # Issue 16's goal: no slower than the best torch.compile can do without the kernel.
+            out.append(f"{'PASS' if r.speedup_best_compile >= 1.0 else 'MISS'} {r.op} {r.shape}: "
+                       f"x{r.speedup_best_compile:.2f} vs the faster torch.compile alternative (fwd+bwd; goal >= 1): "
+                       f"x{r.speedup_compile:.2f} vs the compiled chunked reference, "
+                       f"x{r.speedup_compile_unfused:.2f} vs the compiled unfused linear + CE")
+        elif r.speedup_compile is not None:
             # A forward that already computes the gradients is only comparable as forward+backward.
             slowest = min(x for x in (r.fwd_speedup_compile, r.speedup_compile) if x is not None)
             which = "fwd+bwd" if r.fwd_speedup_compile is None else "worst of fwd, fwd+bwd"
             out.append(f"{'PASS' if slowest >= 1.0 else 'MISS'} {r.op} {r.shape}: x{slowest:.2f} vs torch.compile "
                        f"({which}; goal >= 1)")
+        if r.op == "fused_linear_ce" and r.speedup_compile is None:
+            out.append(f"NOT MEASURED {r.op} {r.shape}: no torch.compile baseline in this run (goal >= 1 vs compile)")
         if r.op == "fused_linear_ce" and r.peak_mib.get("unfused"):
             ratio = r.peak_mib["fused"] / r.peak_mib["unfused"]
             out.append(f"{'PASS' if ratio <= MEMORY_GOAL else 'MISS'} {r.op}: peak memory {ratio:.2f} of unfused "

@@ -1,23 +1,30 @@
-"""GPT-2-124M MFU on one GPU: the hand-written loop with torch.compile (the strong baseline)
-against our trainer with torch.compile, and with torch.compile + kernels=fused; plus a short
-run of the ~1.1B config with DeepSpeed ZeRO-2 on one GPU.
+"""GPT-2-124M and ~1.1B MFU on one GPU: the hand-written loop with torch.compile (the strong baseline)
+against our trainer in named configurations, each row run in its own process, in priority order,
+within one time budget.
 
-    python benchmarks/mfu.py [--budget-s 170] [--variants handwritten,ours,ours_fused,zero2_1b]
+    python benchmarks/mfu.py [--budget-s 170] [--variants handwritten,ours_reference,...|all]
                              [--batch auto|N] [--steps 30] [--warmup 5] [--out gpu_out/bench]
+    python benchmarks/mfu.py --list                  # the rows, in priority order, and why each exists
+    python benchmarks/mfu.py --device cpu --smoke    # every row on a tiny model on the CPU (checks the script)
 
-Model: the gpt2_124m experiment's shape (12 x 768, 12 heads, SwiGLU 2048, seq 1024, tied
-embeddings) with vocab 50304, bf16-mixed. Data: this interpreter's stdlib as byte tokens
-through the real data module (content does not change the speed); the hand-written loop reads
-the same token file nanoGPT-style. Micro-batch: the largest of 64/32/16 whose eager step fits
-(compiled steps need less memory, so it fits compiled too), found once by the baseline and used
-by every variant. Each variant runs in its own process (an OOM or a kernel fault cannot poison
-the next) under what is left of --budget-s; one that would not fit is reported as skipped.
+Every row says what actually ran: each op's route (fused kernel or PyTorch reference, from
+trainer.ops.kernel_status() in the process that trained), torch.compile and its mode, the
+micro-batch, the precision, the attention backends allowed, the strategy. "vs hand-written" is
+given only for rows of the same benchmark run as the baseline with the same model, micro-batch,
+precision and compile mode (tokens/s ratio); the other rows report MFU alone. A benchmark run is
+one invocation, or several `--append` invocations given one `--bench-run` id (scripts/gpu_bench.sh
+runs its rows that way: one machine, minutes apart, interleaved with other benchmarks). Each row
+runs in its own process either way, so "same run" never means "same process".
 
-Per variant: compile + first step (s), tokens/s and step time over the timed steps (synchronised
-window), MFU = tokens/s * model.flops_per_token() / dense bf16 peak, peak memory. Ratios are
-against the hand-written baseline of the same run. Writes mfu.json and mfu_table.md to --out.
-`--device cpu --smoke` runs every variant on a tiny model on the CPU (no compile) to check the
-script itself on a machine without a GPU.
+GPT-2-124M: the gpt2_124m experiment's shape (12 x 768, 12 heads, SwiGLU 2048, seq 1024, tied
+embeddings) with vocab 50304, bf16-mixed. Data: this interpreter's stdlib as byte tokens through
+the real data module (content does not change the speed); the hand-written loop reads the same
+token file nanoGPT-style. Micro-batch "auto": the largest of 64/32/16/8 whose eager step fits,
+found once by the baseline and used by every row that does not name its own.
+
+Per row: compile + first step (s), tokens/s and step time over the timed steps (a synchronised
+window), MFU = tokens/s * model.flops_per_token() / dense bf16 peak, peak memory. Writes mfu.json
+(raw: every row's step times and configuration) and mfu_table.md to --out.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,36 +53,118 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     quiet,
     run_ours,
+    schedule_factor,
     write_json,
 )
 
-VARIANTS = ("handwritten", "ours", "ours_fused", "zero2_1b")
 BATCH_CANDIDATES = (64, 32, 16, 8)
 GPT2 = ["experiment=gpt2_124m", "strategy=single", "trainer.devices=1", "trainer.accumulate_grad_batches=1",
-        "data.tokenizer=byte", "model.vocab_size=50304"]
-GPT_1B = ["experiment=gpt_1b", "strategy=deepspeed_zero2", "trainer.devices=1", "trainer.num_nodes=1",
-          "trainer.accumulate_grad_batches=1", "data.tokenizer=byte", "model.vocab_size=32768"]
+        "data.path=stdlib", "data.tokenizer=byte", "model.vocab_size=50304", "trainer.compile=true"]
+GPT_1B = ["experiment=gpt_1b", "trainer.devices=1", "trainer.num_nodes=1", "trainer.accumulate_grad_batches=1",
+          "data.path=stdlib", "data.tokenizer=byte", "model.vocab_size=32768"]
 SMOKE = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_len=32", "model.mlp_hidden=64",
          "model.vocab_size=256", "trainer.accelerator=cpu", "trainer.compile=false", "trainer.num_threads=1",
          "data.num_workers=0"]
-# Rough cost of each variant (s) on an H100 host, to skip one that cannot finish in the budget.
-MIN_SECONDS = {"handwritten": 60, "ours": 30, "ours_fused": 45, "zero2_1b": 45}
 
 
-# --------------------------------------------------------------------------- one variant (child process)
-def gpt2_overrides(args, batch: int, workdir: Path, name: str) -> list[str]:
-    steps = args.warmup + args.steps
-    o = [*GPT2, f"data.batch_size={batch}", f"trainer.max_steps={steps}", f"data.num_workers={_loader_workers(4)}",
-         "checkpoint.save_final=false", f"run.dir={workdir}/{name}", "trainer.compile=true"]
-    o.append("kernels=fused" if name == "ours_fused" else "kernels=auto")
-    return o + (SMOKE if args.smoke else []) + args.overrides
+@dataclass(frozen=True)
+class Row:
+    """One configuration. kind: handwritten (the nanoGPT loop) or ours (the real fit path)."""
+
+    name: str
+    kind: str
+    why: str
+    overrides: tuple[str, ...] = ()  # config overrides on top of the model's (ours; the hand-written loop
+    # takes compile_mode from them)
+    model: str = "gpt2"  # gpt2 | 1b
+    batch: int | None = None  # None: the baseline's micro-batch
+    attention: str | None = None  # "cudnn": only cuDNN's SDPA kernel allowed (torch.backends.cuda flags)
+    cost_s: int = 40  # rough cost on an H100/H200 host, compile included: rows that cannot finish are skipped
 
 
-def run_handwritten(args, workdir: Path) -> dict:
-    import torch
+# Priority order: the framework's cost first (same ops as the baseline), then the default, then MFU variants.
+ROWS = [
+    Row("handwritten", "handwritten", "the strong baseline: nanoGPT's loop, torch.compile, fused AdamW, reference ops",
+        cost_s=60),
+    Row("ours_reference", "ours", "ours with the baseline's ops (kernels=reference): what the framework itself costs",
+        ("kernels=reference",), cost_s=35),
+    Row("ours_auto", "ours", "the default (kernels=auto): the per-op choice the shipped table makes on this GPU",
+        ("kernels=auto",)),
+    Row("ours_fused", "ours", "every fused kernel (kernels=fused)", ("kernels=fused",)),
+    Row("1b_single", "ours", "~1.1B on one GPU, the fastest one-GPU setup: no sharding, torch.compile, kernels=auto",
+        ("strategy=single", "trainer.compile=true", "kernels=auto"), model="1b", cost_s=110),
+    Row("ours_reference_mb128", "ours", "a larger micro-batch: fewer, longer kernels (MFU vs memory)",
+        ("kernels=reference",), batch=128, cost_s=50),
+    Row("ours_reference_fused_loss", "ours", "the chunked linear cross-entropy (no logits held) under compile",
+        ("kernels=reference", "model.fused_loss=true"), cost_s=50),
+    Row("ours_reference_cudnn_attention", "ours", "cuDNN's attention kernel (SDPA) instead of flash-attention 2",
+        ("kernels=reference",), attention="cudnn"),
+    Row("ours_reference_cudagraphs", "ours", "torch.compile mode reduce-overhead: the step replayed as CUDA graphs",
+        ("kernels=reference", "trainer.compile_mode=reduce-overhead"), cost_s=50),
+    Row("zero2_1b", "ours", "~1.1B with DeepSpeed ZeRO-2 on one GPU (the earlier measurement's configuration)",
+        ("strategy=deepspeed_zero2", "kernels=auto"), model="1b", cost_s=70),
+    Row("ours_reference_mb32", "ours", "a smaller micro-batch", ("kernels=reference",), batch=32),
+    Row("ours_reference_max_autotune", "ours", "torch.compile mode max-autotune-no-cudagraphs (Triton matmul "
+        "autotuning; minutes of compilation)", ("kernels=reference", "trainer.compile_mode=max-autotune-no-cudagraphs"),
+        cost_s=300),
+]
+BY_NAME = {r.name: r for r in ROWS}
+ALIASES = {"ours": "ours_auto"}  # the name this row had before the rows were split by kernel mode
+
+
+# --------------------------------------------------------------------------- one row (child process)
+def row_overrides(row: Row, args, batch: int, workdir: Path) -> list[str]:
+    steps = (2 + args.zero_steps) if row.model == "1b" else args.warmup + args.steps
+    base = GPT2 if row.model == "gpt2" else GPT_1B
+    o = [*base, *row.overrides, f"data.batch_size={batch}", f"trainer.max_steps={steps}",
+         f"data.num_workers={_loader_workers(4)}", "checkpoint.save_final=false", f"run.dir={workdir}/{row.name}"]
+    if args.smoke:  # tiny and eager on a CPU: a compile mode needs compile
+        o = [x for x in o if not x.startswith("trainer.compile_mode=")] + SMOKE
+    return o + args.overrides
+
+
+def configuration(cfg, row: Row, compiled: bool) -> dict:
+    """What ran, for the row's label: read back from the composed config, not from the row's name."""
+    from trainer.build import resolve_device
+
+    t = cfg.trainer
+    return {
+        "model": row.model, "micro_batch": int(cfg.data.batch_size), "seq_len": int(cfg.model.seq_len),
+        "precision": resolve_device(t).precision,
+        "compile": compiled, "compile_mode": str(t.compile_mode) if compiled else None,
+        "strategy": str(cfg.strategy.name) + (f" ZeRO-{cfg.strategy.zero_stage}" if cfg.strategy.name == "deepspeed" else ""),
+        "fused_loss": bool(cfg.model.get("fused_loss", False)), "attention": _attention_backends(),
+    }
+
+
+def run_row(row: Row, args, workdir: Path) -> dict:
+    from trainer import ops
 
     cuda = args.device == "cuda"
-    cfg = compose(gpt2_overrides(args, 1, workdir, "handwritten"))
+    _set_attention(row.attention, cuda)
+    batch = int(args.batch) if args.batch != "auto" else 4
+    if row.kind == "handwritten":
+        return run_handwritten(row, args, workdir)
+    total = (2 + args.zero_steps) if row.model == "1b" else args.warmup + args.steps
+    clock = StepClock(warmup=2 if row.model == "1b" else args.warmup, total=total, cuda=cuda)
+    overrides = row_overrides(row, args, batch, workdir)
+    code = run_ours(overrides, [clock_callback(clock)])
+    if code:
+        raise RuntimeError(f"our trainer exited with code {code}")
+    cfg = compose(overrides)
+    status = ops.kernel_status()
+    return {**clock.summary(), "batch_size": batch, "seq_len": cfg.model.seq_len, "flops_per_token": _flops_per_token(cfg),
+            "config": configuration(cfg, row, bool(cfg.trainer.compile)), "kernels": status,
+            "kernel_routes": _routes(status, args.device)}
+
+
+def run_handwritten(row: Row, args, workdir: Path) -> dict:
+    import torch
+
+    from trainer import ops
+
+    cuda = args.device == "cuda"
+    cfg = compose(row_overrides(row, args, 1, workdir))
     if not cuda:
         torch.set_num_threads(cfg.trainer.num_threads or torch.get_num_threads())  # as run_fit does on a CPU
     dm = build_data(cfg)
@@ -85,17 +175,22 @@ def run_handwritten(args, workdir: Path) -> dict:
     flops_per_token = net.flops_per_token()
     clock = StepClock(warmup=args.warmup, total=args.warmup + args.steps, cuda=cuda)
     o = cfg.optim
+    compiled = cuda and not args.smoke
     loss = handwritten_train(
         net, train_tokens=tokens, batch_size=batch, seq_len=cfg.model.seq_len, steps=clock.total, device=args.device,
-        bf16=True, lr=o.lr, lr_factor=module.lr_factor, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
-        grad_clip=cfg.trainer.gradient_clip_val, clock=clock, compile=cuda and not args.smoke,
+        bf16=True, lr=o.lr, lr_factor=schedule_factor(cfg), weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
+        grad_clip=cfg.trainer.gradient_clip_val, clock=clock, compile=compiled, compile_mode=cfg.trainer.compile_mode,
         log_every=cfg.trainer.log_every_steps,
     )
     del net, module
     if cuda:
         torch.cuda.empty_cache()
+    status = ops.kernel_status()  # this process never set a mode: the reference ops
+    config = configuration(cfg, row, compiled) | {"micro_batch": batch, "strategy": "none (one process, fused AdamW)",
+                                                   "precision": "bf16-mixed" if cuda else "32-true"}
     return {**clock.summary(), "batch_size": batch, "seq_len": cfg.model.seq_len, "flops_per_token": flops_per_token,
-            "last_loss": loss, "compile": cuda and not args.smoke}
+            "last_loss": loss, "compile": compiled, "config": config, "kernels": status,
+            "kernel_routes": _routes(status, args.device)}
 
 
 def largest_batch(cfg, dm, tokens) -> int:
@@ -127,48 +222,41 @@ def largest_batch(cfg, dm, tokens) -> int:
     raise RuntimeError(f"not even micro-batch {BATCH_CANDIDATES[-1]} fits")
 
 
-def run_trainer_variant(args, workdir: Path, name: str) -> dict:
-    from trainer import ops
-
-    cuda = args.device == "cuda"
-    if name == "zero2_1b":
-        return run_zero2(args, workdir)
-    batch = int(args.batch) if args.batch != "auto" else 4
-    clock = StepClock(warmup=args.warmup, total=args.warmup + args.steps, cuda=cuda)
-    overrides = gpt2_overrides(args, batch, workdir, name)
-    code = run_ours(overrides, [clock_callback(clock)])
-    if code:
-        raise RuntimeError(f"our trainer exited with code {code}")
-    cfg = compose(overrides)
-    return {**clock.summary(), "batch_size": batch, "seq_len": cfg.model.seq_len,
-            "flops_per_token": _flops_per_token(cfg), "kernels": {"mode": ops.kernel_mode(), **ops.kernel_status()},
-            "compile": bool(cfg.trainer.compile)}
-
-
-def run_zero2(args, workdir: Path) -> dict:
-    """The ~1.1B config (22 x 2048, seq 2048), ZeRO-2 on one GPU, at the given micro-batch."""
-    cuda = args.device == "cuda"
-    batch = int(args.batch)
-    clock = StepClock(warmup=2, total=2 + args.zero_steps, cuda=cuda)
-    overrides = [*GPT_1B, f"data.batch_size={batch}", f"trainer.max_steps={clock.total}", "checkpoint.save_final=false",
-                 f"data.num_workers={_loader_workers(4)}", f"run.dir={workdir}/zero2_1b",
-                 *(SMOKE if args.smoke else []), *args.overrides]
-    code = run_ours(overrides, [clock_callback(clock)])
-    if code:
-        raise RuntimeError(f"our trainer exited with code {code}")
-    cfg = compose(overrides)
-    return {**clock.summary(), "batch_size": batch, "seq_len": cfg.model.seq_len,
-            "flops_per_token": _flops_per_token(cfg), "strategy": "deepspeed ZeRO-2, 1 GPU"}
-
-
-def zero2_batches(device: str) -> tuple[int, ...]:
-    """Micro-batches to try for the 1.1B run, largest first: 8 sequences of 2048 need ~60 GiB."""
+def one_b_batches(device: str) -> tuple[int, ...]:
+    """Micro-batches to try for the 1.1B rows, largest first: 8 sequences of 2048 need ~60 GiB."""
     import torch
 
     if device != "cuda":
         return (2,)
     total = torch.cuda.get_device_properties(0).total_memory / 2**30
     return (8, 4) if total > 100 else (4, 2)
+
+
+def _routes(status: dict, device: str) -> dict[str, str]:
+    """op -> fused | reference, on the device the row trained on."""
+    where = "cuda" if device == "cuda" else "cpu"
+    return {op: info[where] for op, info in status.get("ops", {}).items()}
+
+
+def _set_attention(which: str | None, cuda: bool) -> None:
+    if which is None or not cuda:
+        return
+    import torch
+
+    if which != "cudnn":
+        raise ValueError(f"unknown attention setting {which!r}")
+    torch.backends.cuda.enable_flash_sdp(False)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(True)
+
+
+def _attention_backends() -> str:
+    import torch
+
+    b = torch.backends.cuda
+    allowed = [name for name, on in (("flash", b.flash_sdp_enabled()), ("mem_efficient", b.mem_efficient_sdp_enabled()),
+                                     ("cudnn", b.cudnn_sdp_enabled()), ("math", b.math_sdp_enabled())) if on]
+    return "SDPA: " + ", ".join(allowed)
 
 
 def _flops_per_token(cfg) -> float:
@@ -179,16 +267,6 @@ def _flops_per_token(cfg) -> float:
     with torch.device("meta"):
         net = instantiate(cfg.model)
     return float(net.flops_per_token())
-
-
-def _free_cuda() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _loader_workers(wanted: int) -> int:
@@ -204,10 +282,7 @@ def child(args) -> None:
     quiet()
     with tempfile.TemporaryDirectory(prefix="bench-mfu-") as tmp:
         t0 = time.perf_counter()
-        if args.variant == "handwritten":
-            res = run_handwritten(args, Path(tmp))
-        else:
-            res = run_trainer_variant(args, Path(tmp), args.variant)
+        res = run_row(BY_NAME[args.variant], args, Path(tmp))
         res["process_s"] = time.perf_counter() - t0
     write_json(args.json, res)
 
@@ -215,20 +290,29 @@ def child(args) -> None:
 # --------------------------------------------------------------------------- the orchestrator
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--budget-s", type=float, default=170.0, help="wall-clock budget for all variants together")
+    ap.add_argument("--variants", default="handwritten,ours_reference,ours_auto,ours_fused",
+                    help="rows to run, in this order (names from --list, or 'all')")
+    ap.add_argument("--list", action="store_true", help="print the rows in priority order and exit")
+    ap.add_argument("--budget-s", type=float, default=170.0, help="wall-clock budget for all rows together")
     ap.add_argument("--batch", default="auto", help="micro-batch, or auto: the largest of 64/32/16/8 that fits")
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per variant")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per GPT-2 row")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation included)")
-    ap.add_argument("--zero-steps", type=int, default=6, help="timed steps of the 1.1B ZeRO-2 run")
+    ap.add_argument("--zero-steps", type=int, default=6, help="timed steps of the 1.1B rows")
     ap.add_argument("--device", default=None)
     ap.add_argument("--smoke", action="store_true", help="tiny model, no compile: checks the script on a CPU")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out") + "/bench")
     ap.add_argument("--append", action="store_true", help="add to the results already in --out/mfu.json")
+    ap.add_argument("--bench-run", default=os.environ.get("BENCH_RUN_ID"),
+                    help="the benchmark run's id, stamped on every row (default $BENCH_RUN_ID, else a new one "
+                         "per invocation): ratios are given only between rows with the same id")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--json", help=argparse.SUPPRESS)
-    ap.add_argument("overrides", nargs="*", help="extra config overrides for every variant")
+    ap.add_argument("overrides", nargs="*", help="extra config overrides for every row")
     args = ap.parse_args()
+    if args.list:
+        for r in ROWS:
+            print(f"{r.name:32s} ~{r.cost_s:3d} s  {r.why}")
+        return
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,25 +322,30 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    bench_run = args.bench_run or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     info = machine()
     peak = bf16_peak_tflops(info["gpu"]) if info["gpu"] else None
     previous = out / "mfu.json"
     results: dict[str, dict] = json.loads(previous.read_text())["variants"] if args.append and previous.exists() else {}
     batch = args.batch if args.batch != "auto" else results.get("handwritten", {}).get("batch_size", "auto")
-    for name in [v for v in args.variants.split(",") if v]:
-        if name not in VARIANTS:
-            raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    names = [r.name for r in ROWS] if args.variants == "all" else [ALIASES.get(v, v) for v in args.variants.split(",") if v]
+    for name in names:
+        if name not in BY_NAME:
+            raise SystemExit(f"unknown row {name!r}; choose from {', '.join(BY_NAME)} (or all)")
+        row = BY_NAME[name]
         left = args.budget_s - (time.monotonic() - started)
-        if left < (5 if args.smoke else MIN_SECONDS[name]):
-            results[name] = {"status": f"skipped: {left:.0f} s of the budget left, needs ~{MIN_SECONDS[name]} s"}
+        if left < (5 if args.smoke else row.cost_s):
+            results[name] = {"status": f"skipped: {left:.0f} s of the budget left, needs ~{row.cost_s} s",
+                             "row": asdict(row)}
             print(f"{name}: {results[name]['status']}", flush=True)
             continue
-        if name != "handwritten" and name != "zero2_1b" and batch == "auto" and not args.smoke:
-            batch = 16  # no baseline to take the micro-batch from
-        if name == "zero2_1b":
-            res = _run_zero2_children(args, started, out)
+        if row.model == "1b":
+            res = _run_1b(args, row, started, out)
         else:
-            res = _run_child(args, name, batch, left, out)
+            row_batch = row.batch or (batch if batch != "auto" or args.smoke else 16)  # no baseline: 16
+            res = _run_child(args, name, row_batch, left, out)
+        res["row"] = asdict(row)
+        res["bench_run"] = bench_run
         results[name] = res
         if name == "handwritten" and "batch_size" in res:
             batch = res["batch_size"]
@@ -270,14 +359,14 @@ def main() -> None:
     print("\n" + table)
 
 
-def _run_zero2_children(args, started: float, out: Path) -> dict:
-    """One process per try: after an out-of-memory inside DeepSpeed, start clean with half the batch."""
+def _run_1b(args, row: Row, started: float, out: Path) -> dict:
+    """One process per try: after an out-of-memory, start clean with half the micro-batch."""
     tries = []
-    for batch in zero2_batches(args.device):
+    for batch in one_b_batches(args.device):
         left = args.budget_s - (time.monotonic() - started)
-        if left < (5 if args.smoke else MIN_SECONDS["zero2_1b"]):
+        if left < (5 if args.smoke else row.cost_s):
             break
-        res = _run_child(args, "zero2_1b", batch, left, out)
+        res = _run_child(args, row.name, batch, left, out)
         if res["status"] == "ok" or not res.get("out_of_memory"):
             return {**res, "oom_tries": tries}
         tries.append(batch)
@@ -312,10 +401,23 @@ def _tokens_per_s(r: dict) -> float | None:
     return r["batch_size"] * r["seq_len"] / r["mean_step_s"]
 
 
+def comparable(r: dict, base: dict) -> bool:
+    """Same benchmark run, model, micro-batch, precision, compile mode and attention backends as the
+    baseline: the rows whose tokens/s ratio to it means something (the kernels may differ: the label
+    says which)."""
+    if r.get("status") != "ok" or base.get("status") != "ok":
+        return False
+    if r.get("bench_run") is None or r.get("bench_run") != base.get("bench_run"):
+        return False
+    keys = ("model", "micro_batch", "seq_len", "precision", "compile", "compile_mode", "fused_loss", "attention")
+    return all(r["config"].get(k) == base["config"].get(k) for k in keys)
+
+
 def _ratios(results: dict) -> dict:
-    base = _tokens_per_s(results.get("handwritten", {}))
-    return {n: (_tokens_per_s(r) / base if base and _tokens_per_s(r) else None)
-            for n, r in results.items() if n in ("ours", "ours_fused")}
+    base = results.get("handwritten", {})
+    b = _tokens_per_s(base)
+    return {n: _tokens_per_s(r) / b for n, r in results.items()
+            if n != "handwritten" and b and _tokens_per_s(r) and comparable(r, base)}
 
 
 def _one_line(r: dict, peak: float | None) -> str:
@@ -327,24 +429,41 @@ def _one_line(r: dict, peak: float | None) -> str:
             f"compile+first step {r['first_step_s']:.1f} s, peak {r.get('peak_mem_gib') or 0:.1f} GiB")
 
 
+SHORT_OPS = {"rms_norm": "norm", "apply_rotary": "rope", "swiglu": "swiglu", "cross_entropy": "ce",
+             "fused_linear_cross_entropy": "linear-ce"}
+
+
+def describe_row(r: dict) -> str:
+    """The configuration that ran, in words: kernels per op, compile, micro-batch, precision, the rest."""
+    c = r.get("config") or {}
+    routes = r.get("kernel_routes") or {}
+    fused = [SHORT_OPS.get(op, op) for op, impl in routes.items() if impl == "fused"]
+    kernels = "reference ops" if not fused else ("all fused" if len(fused) == len(routes) else "fused " + "+".join(fused))
+    parts = [f"{c.get('model', '?')}", f"mb {c.get('micro_batch', '?')}", str(c.get("precision", "?")),
+             f"compile {c.get('compile_mode')}" if c.get("compile") else "eager", kernels, str(c.get("strategy", ""))]
+    if c.get("fused_loss"):
+        parts.append("fused_loss")
+    if c.get("attention") and "flash" not in c["attention"]:
+        parts.append(c["attention"])
+    return ", ".join(p for p in parts if p)
+
+
 def _table(results: dict, peak: float | None, info: dict) -> str:
-    base = _tokens_per_s(results.get("handwritten", {}))
-    names = {"handwritten": "hand-written + torch.compile", "ours": "ours + torch.compile",
-             "ours_fused": "ours + torch.compile + kernels=fused", "zero2_1b": "~1.1B, ours, DeepSpeed ZeRO-2, 1 GPU"}
+    base = results.get("handwritten", {})
+    b = _tokens_per_s(base)
     rows = []
     for name, r in results.items():
         tps = _tokens_per_s(r)
         if tps is None:
-            rows.append([names.get(name, name), "-", "-", "-", "-", "-", "-", "-", r.get("status", "not yet measured")])
+            rows.append([name, "-", "-", "-", "-", "-", "-", "-", r.get("status", "not yet measured")])
             continue
         mfu = f"{100 * tps * r['flops_per_token'] / (peak * 1e12):.1f}%" if peak else "n/a (unknown peak)"
-        ratio = f"{tps / base:.3f}" if base and name in ("ours", "ours_fused") else "-"
-        extra = r.get("kernels", {}).get("mode", "") if isinstance(r.get("kernels"), dict) else ""
-        rows.append([names.get(name, name), r["batch_size"], f"{tps:,.0f}", mfu, ratio, f"{1e3 * r['mean_step_s']:.1f}",
-                     f"{r['first_step_s']:.1f}", f"{r.get('peak_mem_gib') or 0:.1f}", f"ok {extra}".strip()])
-    head = (f"{describe(info)}; dense bf16 peak {peak} TFLOP/s\n\n")
-    return head + markdown_table(["variant", "micro-batch", "tokens/s", "MFU", "tokens/s vs hand-written", "step (ms)",
-                                  "compile + first step (s)", "peak mem (GiB)", "status"], rows)
+        ratio = f"{tps / b:.3f}" if name != "handwritten" and b and comparable(r, base) else "-"
+        rows.append([name, describe_row(r), f"{tps:,.0f}", mfu, ratio, f"{1e3 * r['mean_step_s']:.1f}",
+                     f"{r['first_step_s']:.1f}", f"{r.get('peak_mem_gib') or 0:.1f}", "ok"])
+    head = f"{describe(info)}; dense bf16 peak {peak} TFLOP/s\n\n"
+    return head + markdown_table(["row", "configuration that ran", "tokens/s", "MFU", "tokens/s vs hand-written (same benchmark run)",
+                                  "step (ms)", "compile + first step (s)", "peak mem (GiB)", "status"], rows)
 
 
 if __name__ == "__main__":

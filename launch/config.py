@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from trainer.config import LauncherConfig, validate_launcher
+from trainer.config import LauncherConfig, cpus_per_rank, validate_launcher
 # The trainer's exit code after a preemption checkpoint: the SLURM batch script requeues on it.
 from trainer.distributed.preemption import REQUEUE_EXIT as REQUEUE_EXIT_CODE
 from trainer.errors import UserError, closest
@@ -35,6 +35,17 @@ class JobSpec:
     num_workers: int  # data loader workers per process (sizes /dev/shm)
     runs_dir: str
     overrides: tuple[str, ...]  # passed through to `python -m trainer.train` unchanged
+    config_dir: str | None = None  # the user's --config-dir, passed on to the job (absolute)
+    checkpoint_bytes: int | None = None  # estimated size of one checkpoint, all ranks (Kubernetes grace period)
+
+    @property
+    def cpus_per_rank(self) -> int:
+        """launcher.cpus_per_task, else one core per loader worker and one for the rank itself."""
+        return cpus_per_rank(self.launcher.cpus_per_task, self.num_workers)
+
+    def train_args(self) -> list[str]:
+        """What follows `python -m trainer.train` in the job: --config-dir, then the overrides."""
+        return [*(["--config-dir", self.config_dir] if self.config_dir else []), *self.overrides]
 
 
 def parse_launcher(node: DictConfig | dict | None, kind: str) -> LauncherConfig:
@@ -57,7 +68,7 @@ def parse_launcher(node: DictConfig | dict | None, kind: str) -> LauncherConfig:
     return cfg
 
 
-def job_spec(cfg: DictConfig, kind: str, overrides: list[str] | tuple[str, ...]) -> JobSpec:
+def job_spec(cfg: DictConfig, kind: str, overrides: list[str] | tuple[str, ...], config_dir: str | None = None) -> JobSpec:
     """Join the composed, validated run config with its launcher section."""
     launcher = parse_launcher(cfg.get("launcher"), kind)
     t = cfg.trainer
@@ -88,7 +99,31 @@ def job_spec(cfg: DictConfig, kind: str, overrides: list[str] | tuple[str, ...])
         num_workers=int(data.get("num_workers", 0) or 0),
         runs_dir=str(cfg.paths.runs_dir),
         overrides=tuple(overrides),
+        config_dir=config_dir,
+        checkpoint_bytes=estimate_checkpoint_bytes(cfg) if kind == "k8s" else None,
     )
+
+
+# fp32 weights, Adam's two moments, and a low-precision (or master) copy: what a checkpoint holds per parameter.
+CHECKPOINT_BYTES_PER_PARAM = 16
+VOCAB_BOUND = 65536  # a data-derived vocabulary (null) counted at this size for the estimate
+
+
+def estimate_checkpoint_bytes(cfg: DictConfig) -> int | None:
+    """One checkpoint's size over all ranks: the model built on the meta device (no memory, no data),
+    its parameters x 16 bytes. None when the model cannot be built that way."""
+    try:
+        import torch
+        from hydra.utils import instantiate
+
+        from trainer.config import DATA_DERIVED
+
+        fills = {k: VOCAB_BOUND if k == "vocab_size" else 1 for k in DATA_DERIVED if k in cfg.model and cfg.model[k] is None}
+        with torch.device("meta"):
+            net = instantiate(cfg.model, **fills)
+        return CHECKPOINT_BYTES_PER_PARAM * sum(p.numel() for p in net.parameters())
+    except Exception:  # noqa: BLE001 - an estimate only: the grace period then falls back to its floor
+        return None
 
 
 def with_launcher_selected(overrides: list[str], kind: str) -> list[str]:

@@ -35,7 +35,7 @@ def log_dir(spec: JobSpec) -> Path:
 def job_command(spec: JobSpec) -> str:
     """`python -m trainer.train <overrides>`, plus the job-keyed run id unless the user chose one."""
     python = "python" if spec.launcher.image else sys.executable  # in a container: the image's python
-    line = shlex.join([python, "-m", "trainer.train", *spec.overrides])
+    line = shlex.join([python, "-m", "trainer.train", *spec.train_args()])
     if not any(o.lstrip("+").startswith("run.id=") for o in spec.overrides):
         line += ' "run.id=${RUN_ID}"'
     return line
@@ -64,6 +64,7 @@ def render_sbatch(spec: JobSpec, command: Sequence[str] | None = None, chdir: st
         nodes=spec.nodes,
         tasks_per_node=spec.procs_per_node,
         gpus_per_node=spec.gpus_per_node,
+        cpus_per_task=spec.cpus_per_rank,
         lc=spec.launcher,
         env=spec.launcher.env,
         log_dir=shlex.quote(str(log_dir(spec))),
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="write the script to this file")
     args = p.parse_intermixed_args(argv)
     with exit_on_user_error():
-        spec = compose_spec("slurm", args.overrides)
+        spec = compose_spec("slurm", args.overrides, args.config_dir)
         script = render_sbatch(spec)
         if args.out:
             args.out.write_text(script)

@@ -50,7 +50,7 @@ def torchrun_argv(spec: JobSpec, command: Sequence[str] | None = None) -> list[s
         argv.append(f"--local-addr={lc.local_addr}")
     argv.append(f"--max-restarts={lc.max_restarts}")
     if command is None:
-        command = ["-m", "trainer.train", *spec.overrides]
+        command = ["-m", "trainer.train", *spec.train_args()]
     return [*argv, *command]
 
 
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the command that would run, and exit")
     args = p.parse_intermixed_args(argv)
     with exit_on_user_error():
-        spec = compose_spec("torchrun", args.overrides)
+        spec = compose_spec("torchrun", args.overrides, args.config_dir)
         cmd, env = torchrun_argv(spec), torchrun_env(spec)
     if args.dry_run:
         print(shell_line(cmd, env))

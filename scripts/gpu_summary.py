@@ -76,6 +76,42 @@ def test_counts(work: Path) -> list[str]:
     return out
 
 
+def perf_goals(bench: Path) -> list[str]:
+    """Issue 16 parts 4 and 5, from this run's rows: the same-run ratios and the best MFU per model."""
+    lines = ["## Framework overhead and MFU goals (benchmarks/mfu.py, benchmarks/overhead.py)", ""]
+    mfu_path = bench / "mfu.json"
+    if mfu_path.is_file():
+        data = json.loads(mfu_path.read_text())
+        rows, peak, ratios = data["variants"], data.get("peak_bf16_tflops"), data.get("ratios_vs_handwritten", {})
+        for name, goal in (("ours_reference", 1.0), ("ours_auto", 1.0)):
+            r = ratios.get(name)
+            lines.append(f"- {'PASS' if r is not None and r >= goal else 'MISS' if r is not None else 'NOT RUN'} "
+                         f"GPT-2-124M {name} / hand-written + compile, tokens/s, same benchmark run: "
+                         f"{'-' if r is None else f'{r:.3f}'} (goal >= {goal:.2f})")
+        for model, label, goal in (("gpt2", "GPT-2-124M", 0.50), ("1b", "~1.1B", 0.50)):
+            best = None
+            for name, r in rows.items():
+                if r.get("status") == "ok" and (r.get("config") or {}).get("model") == model and peak:
+                    m = r["batch_size"] * r["seq_len"] / r["mean_step_s"] * r["flops_per_token"] / (peak * 1e12)
+                    best = max(best or (0, ""), (m, name))
+            lines.append(f"- {'NOT RUN' if best is None else 'PASS' if best[0] >= goal else 'MISS'} {label} MFU, best row: "
+                         f"{'-' if best is None else f'{100 * best[0]:.1f}% ({best[1]})'} (goal >= {100 * goal:.0f}%)")
+    else:
+        lines.append("- no mfu.json: the GPT-2/1.1B rows did not run")
+    for name, label in (("overhead_gpu", "eager"), ("overhead_gpu_cudagraphs", "torch.compile reduce-overhead")):
+        path = bench / f"{name}.json"
+        if path.is_file():
+            o = json.loads(path.read_text())
+            r = o["wall_ratio_ours_vs_handwritten"]
+            lines.append(f"- {'PASS' if r <= 1.05 else 'MISS'} tiny model on the GPU ({label}): ours / hand-written wall "
+                         f"time per step {r:.3f}, plain Lightning {o['variants']['lightning']['paired_wall_ratio']:.3f} "
+                         f"(goal <= 1.05; kernels={o.get('kernels', '?')} in every variant"
+                         f"{'' if o.get('same_kernel_routes_in_every_variant', True) else ', BUT THE VARIANTS RAN DIFFERENT OPS'})")
+        else:
+            lines.append(f"- NOT RUN tiny model on the GPU ({label})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
@@ -89,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = _read(args.out / "kernels_bench.md")
     lines += ["## Kernels (benchmarks/kernels.py)", "", bench.split("\n", 2)[-1].strip() if bench else "no benchmark output", ""]
     lines += auto_section(args.out / "auto_table_candidate.json") + [""]
+    lines += perf_goals(args.work / "bench") + [""]
     for table in sorted((args.work / "bench").glob("*_table.md")):
         lines += [f"## {table.stem}", "", table.read_text().strip(), ""]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")

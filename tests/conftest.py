@@ -11,6 +11,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--extended", action="store_true",
+                     help="also run the `extended` tier: end-to-end tests whose paths the default suite already "
+                          "covers more cheaply (more strategies, more hosts, a fresh install, benchmark smoke runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default suite (what CI runs) stays within its time budget; `--extended` runs everything."""
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="extended tier: run with `bash scripts/test.sh --extended`")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One token-shard/kernels cache for the whole session, so shards are built once."""

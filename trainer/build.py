@@ -6,14 +6,16 @@ these functions too, so they measure exactly what the trainer runs.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import DATA_DERIVED, ObservabilityConfig, ProfilerConfig, StrategyConfig
+from trainer.config import DATA_DERIVED, RUN_DERIVED, ObservabilityConfig, ProfilerConfig, StrategyConfig
 from trainer.distributed.strategy_plan import StrategyPlan, make_plan
 from trainer.errors import UserError
 from trainer.files import atomic_write_json
@@ -44,6 +46,17 @@ def resolve_device(t: DictConfig) -> Device:
     if not on_gpu and precision != "32-true" and not precision.startswith("bf16"):
         raise UserError(f"trainer.precision={precision} needs a GPU; use 32-true or bf16-mixed on CPU")
     return Device(on_gpu, precision)
+
+
+def check_local_devices(t: DictConfig) -> None:
+    """Before local ranks start: the GPUs they ask for exist (one clear error, not one per rank)."""
+    device = resolve_device(t)
+    if device.on_gpu:
+        import torch
+
+        if torch.cuda.device_count() < t.devices:
+            raise UserError(f"trainer.devices={t.devices} local ranks need {t.devices} GPUs, this machine has "
+                            f"{torch.cuda.device_count()}: set trainer.devices={torch.cuda.device_count()}")
 
 
 def set_cpu_threads(t: DictConfig, device: Device, local_world_size: int) -> None:
@@ -120,35 +133,90 @@ def build_model(model: DictConfig, datamodule) -> tuple[Any, dict]:
     for key in DATA_DERIVED:
         if key in model and model[key] is None and getattr(datamodule, key, None) is not None:
             fills[key] = getattr(datamodule, key)
+    check_vocab(model, datamodule)
+    spec = {**OmegaConf.to_container(model, resolve=True), **fills}
+    return instantiate(model, **fills), spec
+
+
+def check_vocab(model: DictConfig, datamodule) -> None:
     vocab = getattr(datamodule, "vocab_size", None)
     if model.get("vocab_size") is not None and vocab is not None and model.vocab_size < vocab:
         raise UserError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary ({vocab}); "
                         "set model.vocab_size=null")
-    spec = {**OmegaConf.to_container(model, resolve=True), **fills}
-    return instantiate(model, **fills), spec
+
+
+def check_data_and_model(cfg: DictConfig) -> None:
+    """Before any file of the run is written (rank 0): build the data module, so that bad data input
+    (an unknown tokenizer, a missing text column, a hub dataset while offline ...) stops the run here,
+    and check the model against it: the vocabulary, and model.init_from. The token shards go to the
+    cache (paths.cache_dir), never the run dir; the ranks then find them built."""
+    datamodule = build_datamodule(cfg.data)
+    check_vocab(cfg.model, datamodule)
+    if cfg.model.get("init_from"):
+        check_init_from(cfg, getattr(datamodule, "vocab_size", None))
+
+
+def check_init_from(cfg: DictConfig, data_vocab: int | None) -> None:
+    """Fine-tuning from model.init_from (a Hugging Face Llama directory): every tensor's shape and the
+    config values checked against the model this config builds (the vocabulary, when null, is the
+    data's, as build_model fills it)."""
+    from trainer.models.llama_hf import check_hf_shapes, gpt_config_of
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    vocab = data_vocab if model.get("vocab_size") is None else None
+    check_hf_shapes(Path(model["init_from"]), gpt_config_of(model, vocab))
+
+
+def apply_init_from(net, spec: dict) -> None:
+    """Load model.init_from into the freshly built net (a resumed run loads its own checkpoint instead)."""
+    if spec.get("init_from"):
+        from trainer.models.llama_hf import load_hf_weights
+
+        load_hf_weights(net, spec["init_from"])
 
 
 def build_plan(cfg: DictConfig, net, device: Device, world_size: int) -> StrategyPlan:
     return make_plan(typed(StrategyConfig, cfg.strategy), net=net, on_gpu=device.on_gpu, precision=device.precision, world_size=world_size,
                      micro_batch_size=micro_batch_size(cfg.data), accumulate=cfg.trainer.accumulate_grad_batches,
-                     gradient_clip=cfg.trainer.gradient_clip_val)
+                     gradient_clip=cfg.trainer.gradient_clip_val, activation_checkpointing=cfg.trainer.activation_checkpointing,
+                     compile=cfg.trainer.compile, compile_mode=cfg.trainer.compile_mode)
 
 
 def build_module(cfg: DictConfig, net, plan: StrategyPlan):
-    """The LightningModule: TrainModule with the `optim` section, or the user's own (`module._target_`),
-    which receives the same arguments where its constructor takes them (a TrainModule subclass needs
-    to set only what it changes)."""
+    """The LightningModule: TrainModule with the `optim` and `scheduler` sections, or the user's own
+    (`module._target_`), which receives the same arguments where its constructor takes them (a
+    TrainModule subclass needs to set only what it changes), and each optimizer argument by name."""
     from trainer.config import import_target, signature_params
     from trainer.module import TrainModule
 
-    arguments = {**OmegaConf.to_container(cfg.optim, resolve=True), "max_steps": cfg.trainer.max_steps,
-                 "compile": cfg.trainer.compile, "optimizer_class": plan.optimizer_class}
+    arguments = {"optimizer": build_optimizer(cfg.optim, plan), "compile": cfg.trainer.compile and plan.compile_whole_net,
+                 "compile_mode": cfg.trainer.compile_mode,
+                 "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") is not None else None}
     if cfg.get("module") is None:
         return TrainModule(net, **arguments)
     params = signature_params(import_target("module", cfg.module._target_))
-    fills = {k: v for k, v in arguments.items() if (params is None or k in params) and k not in cfg.module}
-    # Built as a partial, then called: Hydra would turn the optimizer class into a config value on the way.
+    offered = {**_plain_arguments(cfg.optim), "max_steps": cfg.trainer.max_steps, **arguments}
+    fills = {k: v for k, v in offered.items() if (params is None or k in params) and k not in cfg.module}
+    # Built as a partial, then called: Hydra would turn the optimizer factory into a config value on the way.
     return instantiate(cfg.module, _partial_=True)(net=net, **fills)
+
+
+def build_optimizer(optim: DictConfig, plan: StrategyPlan):
+    """The optimizer factory the module calls with its parameter groups: the `optim` section's partial,
+    or the strategy plan's substitute (DeepSpeed's CPU Adam under offload) given the same arguments."""
+    if plan.optimizer_class is None:
+        return instantiate(optim)
+    name = str(optim._target_).rsplit(".", 1)[-1]
+    if name not in ("Adam", "AdamW"):
+        raise UserError(f"strategy {plan.name} with an offloaded optimizer runs DeepSpeed's CPU Adam, but optim._target_="
+                        f"{optim._target_}; use optim=adamw (or turn offload off: strategy.offload_optimizer=false)")
+    kept = ("lr", "betas", "eps", "weight_decay")
+    arguments = {k: v for k, v in _plain_arguments(optim).items() if k in kept}
+    return functools.partial(plan.optimizer_class, **arguments, adamw_mode=name == "AdamW")
+
+
+def _plain_arguments(node: DictConfig) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
 
 
 # --------------------------------------------------------------------------- callbacks and loggers
@@ -173,19 +241,25 @@ def build_checkpointer(cfg: DictConfig, run_dir: RunDir, run_id: str, plan: Stra
         },
         stop_requested=stop_requested,
         debug_pause_in_save_s=c.debug_pause_in_save_s,
+        keep_set_aside=c.keep_set_aside,
+        defer_writes=plan.defer_writes if c["async"] else None,  # `async` is a Python keyword: item access
     )
 
 
 def build_callbacks(cfg: DictConfig, run_dir: RunDir, net, plan: StrategyPlan, checkpointer, preemption, *,
                     is_zero: bool, world_size: int, extra: Sequence[Any] = ()) -> list:
     """In order: observability (its batch-end mark then lands before a checkpoint save, which it leaves
-    out of the step timing), the strategy's own, checkpoints, preemption, progress, rank agreement,
-    then `extra` (benchmarks' step clocks)."""
+    out of the step timing), training metrics and the loggers' flushing, the strategy's own, checkpoints,
+    preemption, progress, rank agreement, the data check's W&B table, then the user's (`callbacks`
+    section), then `extra` (benchmarks' step clocks)."""
     from trainer.distributed.preemption import keep_handlers_callback
+    from trainer.lifecycle.data_check import wandb_callbacks
     from trainer.tracking import console
+    from trainer.tracking.loggers import LoggerFlush
+    from trainer.tracking.metrics import TrainingMetrics
 
-    callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), *plan.callbacks, checkpointer,
-                            keep_handlers_callback(preemption),
+    callbacks: list[Any] = [*_observability_callbacks(cfg, run_dir, net), TrainingMetrics(), LoggerFlush(),
+                            *plan.callbacks, checkpointer, keep_handlers_callback(preemption),
                             *console.progress_callbacks(cfg.trainer.progress_bar and is_zero,
                                                         metrics_every=cfg.trainer.log_every_steps)]
     if world_size > 1:
@@ -194,7 +268,32 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir, net, plan: StrategyPlan, c
         # launcher.local_addr / rdzv_is_host differ per node by design (multi-node torchrun): not compared
         shared = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "launcher"}
         callbacks.append(RankAgreementCheck(shared))
-    return callbacks + list(extra)
+    callbacks += wandb_callbacks(run_dir.data_check)
+    callbacks += [instantiate(node) for node in _entries_on(cfg.get("callbacks"))]
+    return skip_unused_batch_hooks(callbacks + list(extra))
+
+
+# The hooks Lightning calls on every callback for every batch. A callback that does not override one
+# still costs a dispatch each time (a profiler context and a call); Lightning skips a hook attribute
+# that is not callable.
+PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
+                   "on_before_optimizer_step", "on_before_zero_grad")
+
+
+def skip_unused_batch_hooks(callbacks: list) -> list:
+    """Blank (on the instance) each per-batch hook a callback leaves as Lightning's no-op."""
+    import pytorch_lightning as pl
+
+    for callback in callbacks:
+        for hook in PER_BATCH_HOOKS:
+            if getattr(type(callback), hook, None) is getattr(pl.Callback, hook):
+                setattr(callback, hook, None)
+    return callbacks
+
+
+def _entries_on(collection: DictConfig | None) -> list[DictConfig]:
+    """The entries of a `logger`/`callbacks` section that are on (false or null: off)."""
+    return [node for node in (collection or {}).values() if node is not None and node is not False]
 
 
 def _observability_callbacks(cfg: DictConfig, run_dir: RunDir, net) -> list:
@@ -221,18 +320,40 @@ def _observability_callbacks(cfg: DictConfig, run_dir: RunDir, net) -> list:
 
 
 def build_loggers(cfg: DictConfig, run_dir: RunDir, run_id: str) -> list:
-    from trainer.tracking.loggers import build_loggers as make_loggers
+    """Each `logger` entry that is on, its run-derived arguments left null (RUN_DERIVED) filled from
+    the run: its folder in the run dir, the run's name, W&B id and group, the resolved config and manifest."""
+    import inspect
+    import json
 
-    lg = cfg.logger
-    return make_loggers(run_dir.path, run_name=cfg.run.name, csv=lg.csv, wandb=lg.wandb, wandb_mode=lg.wandb_mode,
-                        project=lg.project, entity=lg.entity, tags=list(lg.tags),
-                        config={"config": OmegaConf.to_container(cfg, resolve=True), "run_id": run_id})
+    from trainer.config import import_target
+    from trainer.tracking.loggers import wandb_run_id
+
+    run = {
+        "name": lambda: f"{cfg.run.name}/{run_id}",
+        "id": lambda: wandb_run_id(run_dir.path),
+        "group": lambda: cfg.run.group or cfg.run.name,
+        "config": lambda: {"config": OmegaConf.to_container(cfg, resolve=True), "run_id": run_id,
+                           "manifest": json.loads(run_dir.manifest.read_text()) if run_dir.manifest.is_file() else None},
+    }
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or node is False:
+            continue
+        target = import_target(f"logger.{name}", node._target_)
+        named = inspect.signature(target.__init__ if inspect.isclass(target) else target).parameters
+        fills = {k: run[k]() for k in RUN_DERIVED if k in run and k in named and node.get(k) is None}
+        if "save_dir" in named and node.get("save_dir") is None:
+            fills["save_dir"] = str(run_dir.logger_dir(str(name)))
+        loggers.append(instantiate(node, _partial_=True)(**fills))  # `config` is also instantiate()'s own argument
+    return loggers
 
 
 # --------------------------------------------------------------------------- the Trainer
 def build_trainer(t: DictConfig, plan: StrategyPlan, device: Device, *, loggers: list, callbacks: list,
                   run_dir: RunDir, launcher: str | None, is_zero: bool):
     import pytorch_lightning as pl
+
+    from trainer.checkpoint.storage import DirectCheckpointIO
 
     return pl.Trainer(
         accelerator=device.accelerator,
@@ -254,9 +375,10 @@ def build_trainer(t: DictConfig, plan: StrategyPlan, device: Device, *, loggers:
         enable_model_summary=False,
         logger=loggers,
         callbacks=callbacks,
-        plugins=_cluster_plugins(launcher),
+        plugins=[*_cluster_plugins(launcher), DirectCheckpointIO()],  # checkpoint files written in place
         default_root_dir=str(run_dir.path),
         deterministic=t.deterministic,
+        **OmegaConf.to_container(t.get("extra") or OmegaConf.create({}), resolve=True),  # validated: no overlap
     )
 
 

@@ -39,3 +39,14 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_json(path: Path, data: Any, *, sort_keys: bool = True) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def append_line_durably(path: Path, line: str) -> None:
+    """Append one line to an append-only log (e.g. the registry's decision log) and fsync it: the line
+    is on disk before the caller reports the decision. O_APPEND keeps concurrent appenders' lines whole."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -30,20 +30,25 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
 
     from trainer import build, ops
     from trainer.checkpoint.resume import pick_resume_checkpoint
+    from trainer.checkpoint.storage import storage_errors
     from trainer.distributed.env import detect, local_world_size
-    from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker
+    from trainer.distributed.preemption import REQUEUE_EXIT, PreemptionFlag, leave_requeue_marker, requeue_slurm_job
     from trainer.distributed.preflight import preflight_checks
     from trainer.distributed.process import prepare_rank
-    from trainer.tracking import console
-    from trainer.tracking.loggers import wandb_sync_hint
+    from trainer.tracking import console, run_lock
+    from trainer.tracking.loggers import log_summary, wandb_sync_hint
     from trainer.tracking.manifest import update_manifest
     from trainer.tracking.run_dir import RunDir
     from trainer.tracking.summary import run_summary
 
     _quiet_library_warnings()
+    preemption = PreemptionFlag().install()  # before the slow start-up: SIGTERM there ends this rank at once
     proc, rd = detect(), RunDir(run_dir)
     is_zero = proc.rank == 0
     console.setup_logging(rd.logs, proc.rank)
+    if is_zero:  # another job taking the run dir ends this one at its next step (tracking/run_lock.py)
+        watch = run_lock.watch(rd.lock, cfg.run.lock_stale_after_s)
+        preemption.lost_run_dir = watch.lost if watch is not None else None
     build.fit_elastic_world(cfg, proc.world_size)
     device = build.resolve_device(cfg.trainer)
     build.set_cpu_threads(cfg.trainer, device, local_world_size())
@@ -53,12 +58,13 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     kernel_mode = ops.set_kernel_mode(cfg.kernels, cache_dir=os.path.expanduser(cfg.paths.cache_dir), compiled=cfg.trainer.compile)
     datamodule = build.build_datamodule(cfg.data)
+    if is_zero and hasattr(getattr(datamodule, "tokenizer", None), "save_pretrained"):  # evaluate/export reload it
+        datamodule.tokenizer.save_pretrained(rd.tokenizer)
     net, spec = build.build_model(cfg.model, datamodule)
     plan = build.build_plan(cfg, net, device, proc.world_size)
     if is_zero:
         build.save_run_files(rd, spec, plan)
     module = build.build_module(cfg, net, plan)
-    preemption = PreemptionFlag().install()
     checkpointer = build.build_checkpointer(cfg, rd, run_id, plan, datamodule, stop_requested=preemption.agreed)
     callbacks = build.build_callbacks(cfg, rd, net, plan, checkpointer, preemption, is_zero=is_zero,
                                       world_size=proc.world_size, extra=extra_callbacks)
@@ -68,19 +74,22 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     world, global_batch = cfg.trainer.devices * cfg.trainer.num_nodes, build.global_batch(cfg)
     resume = pick_resume_checkpoint(rd.checkpoints, cfg.run.resume, cfg.run.resume_from, announce=is_zero)
     resume_state = plan.resume_state(resume, world_size=world, global_batch=global_batch) if resume else None
+    if resume is None:  # fine-tuning starts from model.init_from; a resumed run from its own checkpoint
+        build.apply_init_from(net, spec)
     if is_zero:
         console.print_start(rd.path, run_id, cfg.run.name, plan.name, net, datamodule, world, global_batch,
                             device.precision, kernel_mode, resume)
         update_manifest(rd.path, kernels={"mode": kernel_mode, **ops.kernel_status()}, resumed_from=str(resume.path) if resume else None,
                         data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
     started = time.time()
-    with _peer_watchdog(cfg.strategy.timeout_s):
+    with _peer_watchdog(cfg.strategy.timeout_s), storage_errors(rd.checkpoints, lambda: checkpointer.storage_error):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)
     wall = time.time() - started
 
     code = REQUEUE_EXIT if checkpointer.stopped_early == "preempted" else 0
     if code == REQUEUE_EXIT:
         leave_requeue_marker()
+        requeue_slurm_job(proc.rank)
     if is_zero:
         preempted = checkpointer.stopped_early == "preempted" and preemption.signalled_at and checkpointer.preempt_saved_at
         summary = run_summary(
@@ -91,6 +100,12 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
             preempt_signal_to_saved_s=checkpointer.preempt_saved_at - preemption.signalled_at if preempted else None,
         )
         update_manifest(rd.path, end_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), summary=summary)
+        if any(getattr(lg, "log_checkpoint", False) for lg in trainer.loggers) and checkpointer.stopped_early is None \
+                and checkpointer.last_saved_step:  # after the summary: the artifact's val_loss (for `best`) is read from it
+            from trainer.tracking.artifacts import log_checkpoint_artifact
+
+            log_checkpoint_artifact(trainer.loggers, rd.path, checkpointer.last_saved_step)
+        log_summary(trainer.loggers, summary)
         console.print_summary(summary, rd.path, wandb_sync_hint(rd.path))
     _shutdown_distributed()
     return code
@@ -143,16 +158,22 @@ def _shutdown_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry for local ranks: python -m trainer.fit <frozen config.yaml>."""
+    from trainer.distributed.spawn import record_exit
     from trainer.tracking.run_dir import load_frozen
 
     args = sys.argv[1:] if argv is None else argv
     with exit_on_user_error():
-        if len(args) != 1:
-            raise UserError("usage: python -m trainer.fit RUN_DIR/config.yaml")
-        path = Path(args[0]).absolute()
-        cfg = load_frozen(path)
-        run_id = os.environ.get("TRAINER_RUN_ID") or path.parent.name
-        code = run_fit(cfg, path.parent, run_id)
+        try:
+            if len(args) != 1:
+                raise UserError("usage: python -m trainer.fit RUN_DIR/config.yaml")
+            path = Path(args[0]).absolute()
+            cfg = load_frozen(path)
+            run_id = os.environ.get("TRAINER_RUN_ID") or path.parent.name
+            code = run_fit(cfg, path.parent, run_id)
+        except UserError as e:
+            record_exit(e.exit_code)  # the launcher does not restart what would fail the same way
+            raise
+    record_exit(code)
     sys.exit(code)
 
 

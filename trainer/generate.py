@@ -1,6 +1,8 @@
 """Sample text from a run's newest valid checkpoint: a human's sanity check.
 
     python -m trainer.generate run.dir=PATH [prompt="def "] [tokens=200] [temperature=0.8] [top_k=50] [seed=0]
+
+temperature=0 is greedy decoding (what `transformers`' generate(do_sample=False) gives on the HF export).
 """
 from __future__ import annotations
 
@@ -13,15 +15,13 @@ def generate(run_dir, prompt: str, tokens: int, temperature: float, top_k: int, 
     import torch
     from hydra.utils import instantiate
 
-    from trainer.checkpoint.weights import build_net, load_model_state, newest_checkpoint
+    from trainer.checkpoint.weights import load_trained_net
     from trainer.tracking.run_dir import RunDir, load_frozen
 
     cfg = load_frozen(RunDir(run_dir).config)
-    net = build_net(run_dir)
+    net, _ = load_trained_net(run_dir)
     if not hasattr(net, "generate"):
         raise UserError(f"{type(net).__name__} is not a language model (it has no generate method)")
-    net.load_state_dict(load_model_state(newest_checkpoint(run_dir)))
-    net.eval()
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # reuses the cached shards and tokenizer
     ids = datamodule.encode(prompt) or [0]

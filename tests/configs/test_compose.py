@@ -22,7 +22,7 @@ def test_every_experiment_composes_and_validates(experiment):
 def test_every_strategy_option_composes(strategy):
     devices = "1" if strategy == "single" else "2"
     cfg = compose_config([f"strategy={strategy}", f"trainer.devices={devices}"])
-    assert cfg.strategy.name in ("single", "ddp", "fsdp", "deepspeed")
+    assert cfg.strategy.name in ("single", "ddp", "fsdp", "fsdp2", "deepspeed")
 
 
 def test_default_is_the_tiny_cpu_gpt():
@@ -64,6 +64,8 @@ def test_gpt2_124m_shape():
         ("model.d_model=130", "not divisible"),
         ("model.n_layerz=3", "n_layers"),
         ("kernels=fast", "kernels"),
+        ("trainer.compile_mode=fastest", "trainer.compile_mode"),
+        ("trainer.compile_mode=reduce-overhead", "add trainer.compile=true"),
     ],
 )
 def test_bad_overrides_are_user_errors(override, needle):

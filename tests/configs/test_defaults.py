@@ -30,7 +30,8 @@ def _default_options() -> list[tuple[str, str]]:
         if isinstance(entry, str) or OmegaConf.is_config(entry) is False:
             continue
         for group, option in entry.items():
-            if option and group not in ("experiment", "hydra") and not str(group).startswith("override"):
+            if option and group not in ("experiment", "hydra", "hparams_search") and " " not in str(group) \
+                    and not str(group).startswith("override"):  # "optional local": a machine's own file
                 out.append((str(group), str(option)))
     return out
 
@@ -56,11 +57,21 @@ def test_default_options_do_not_restate_a_default_with_another_value(group, opti
     if node is None:
         return
     if "_target_" in node:
+        if not str(node._target_).startswith("trainer."):
+            return  # a library's class (torch.optim.AdamW): its defaults are the library's, ours are this file
         defaults = target_defaults(import_target(group, node._target_))
     else:
         defaults = _schema_defaults(group)
     assert not _differences(group, node, defaults), f"configs/{group}/{option}.yaml restates defaults: " \
         f"{_differences(group, node, defaults)}; change the schema (trainer/config/schema.py) or the target instead"
+
+
+@pytest.mark.parametrize("group,option", [("logger", "csv"), ("logger", "wandb")])
+def test_collection_entries_do_not_restate_their_targets_defaults(group, option):
+    raw = OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")
+    for name, node in raw.items():
+        defaults = target_defaults(import_target(f"{group}.{name}", node._target_))
+        assert not _differences(f"{group}.{name}", node, defaults)
 
 
 def test_a_restated_default_is_caught(tmp_path):
@@ -75,7 +86,7 @@ def _pairs():
     from trainer.observability.debug import StragglerDelay
     from trainer.observability.profiler import StepWindowProfiler
 
-    return [(TrainModule, {**_schema_defaults("optim"), **_schema_defaults("trainer")}),
+    return [(TrainModule, _schema_defaults("trainer")),
             (CheckpointManager, _schema_defaults("checkpoint")),
             (StepWindowProfiler, _schema_defaults("profiler")),
             (StragglerDelay, {"rank": None, "delay_s": S.DebugConfig().straggler_delay_s})]

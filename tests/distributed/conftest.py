@@ -14,8 +14,7 @@ import pytest
 from tests.distributed.helpers import ok, train
 
 STEPS, SPLIT = 8, 4
-LIVE = ["+module._target_=tests.fixtures.live_weights.LiveWeightsModule", "+module.lr=1e-2",
-        "+module.warmup_steps=1", f"+module.max_steps={STEPS}"]  # = the built-in module's arguments for TINY
+LIVE = ["+module._target_=tests.fixtures.live_weights.LiveWeightsModule"]  # gets the optim and scheduler sections
 
 
 class Runs:
@@ -29,6 +28,15 @@ class Runs:
     def two_ranks(self, strategy: str, *extra: str) -> Path:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join((strategy, *extra)))  # a run dir name Hydra can parse
         return self._get(name, f"strategy={strategy}", "trainer.devices=2", *extra)
+
+    def one_session(self, strategy: str, *extra: str) -> Path:
+        """2 ranks, straight to the last step (no stop and resume): for comparing loss curves only."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(("once", strategy, *extra)))
+        if name not in self.done:
+            run = self.root / name
+            ok(train(run, self.cache, f"trainer.max_steps={STEPS}", *LIVE, f"strategy={strategy}", "trainer.devices=2", *extra))
+            self.done[name] = run
+        return self.done[name]
 
     def _get(self, name: str, *args: str) -> Path:
         if name not in self.done:

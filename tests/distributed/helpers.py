@@ -10,7 +10,7 @@ from tests.conftest import cli
 TINY = [
     "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.seq_len=16",
     "data.batch_size=4", "data.val_batches=2", "trainer.val_every_steps=100", "trainer.log_every_steps=1",
-    "trainer.progress_bar=false", "logger.wandb=false", "optim.warmup_steps=1", "optim.lr=1e-2",
+    "trainer.progress_bar=false", "logger.wandb=false", "scheduler.warmup_steps=1", "optim.lr=1e-2",
     "checkpoint.every_n_steps=4",
 ]
 # DeepSpeed JIT-builds C++ ops on first use; keep the build across test sessions (torch rebuilds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,7 +133,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(int(p.name[5:]) for p in root.iterdir() if p.name.startswith("step-") and (p / "manifest.json").is_file())
+    return sorted(int(p.name[5:]) for p in root.iterdir()
+                  if re.fullmatch(r"step-\d{8}", p.name) and (p / "manifest.json").is_file())
 
 
 def logged_losses(run_dir: Path) -> dict[int, float]:

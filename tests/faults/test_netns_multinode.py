@@ -9,7 +9,9 @@ import pytest
 from tests.faults import netns, procs
 from tests.launch.conftest import needs_root
 
-pytestmark = [pytest.mark.slow, needs_root("ip")]
+# extended: two hosts training like one is also checked by the default suite through two containers as
+# torchrun nodes (tests/launch/test_container_image.py) and the two-node c10d rendezvous (test_netns_torchrun.py).
+pytestmark = [pytest.mark.slow, pytest.mark.extended, needs_root("ip")]
 STEPS = 6
 
 

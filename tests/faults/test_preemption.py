@@ -68,7 +68,7 @@ def test_preempted_three_times_then_finishes_in_the_same_run_and_wandb_run(tmp_p
     wandb_id = (run / "wandb_id.txt").read_text().strip()
     files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 4 and all(run_id(f) == wandb_id for f in files), files
-    steps = [row["trainer/global_step"] for f in files for row in history(f) if "train/loss" in row]
+    steps = [row["_step"] for f in files for row in history(f) if "train/loss" in row]
     assert steps == list(range(MAX_STEPS)), steps
     # The CSV log (same steps) agrees.
     assert procs.logged_steps(run) == list(range(MAX_STEPS))

@@ -17,19 +17,22 @@ pytestmark = pytest.mark.slow
 MAX_STEPS = 16
 
 
-def launch_argv(run, cache, max_restarts: int):
+def launch_argv(run, cache, max_restarts: int, *extra: str):
     return procs.python_m("launch.torchrun", *procs.TINY, f"run.dir={run}", f"paths.cache_dir={cache}",
                           "trainer.devices=2", "strategy=ddp", f"trainer.max_steps={MAX_STEPS}",
                           "checkpoint.every_n_steps=4", "trainer.val_every_steps=100", "logger.wandb=false",
-                          "+data.batch_delay_s=0.1", f"launcher.max_restarts={max_restarts}")
+                          "+data.batch_delay_s=0.1", f"launcher.max_restarts={max_restarts}", *extra)
 
 
-def test_killed_rank_restarts_and_ends_bitwise_identical(tmp_path, shared_cache):
+@pytest.mark.parametrize("mode", ["sync", pytest.param("async", marks=pytest.mark.extended)])  # async: also crash_in_save
+def test_killed_rank_restarts_and_ends_bitwise_identical(mode, tmp_path, shared_cache):
+    """With checkpoint.async=true the saves' writing runs in the background (the kill may land in one)."""
+    saving = ["checkpoint.async=true"] if mode == "async" else []
     run, straight = tmp_path / "run", tmp_path / "straight"
     with procs.jobs() as started:
         reference = procs.Job(launch_argv(straight, shared_cache, 0), tmp_path / "straight.log", timeout_s=240)
         started.append(reference)
-        job = procs.Job(launch_argv(run, shared_cache, 1), tmp_path / "killed.log", timeout_s=300)
+        job = procs.Job(launch_argv(run, shared_cache, 1, *saving), tmp_path / "killed.log", timeout_s=300)
         started.append(job)
         procs.wait_for("checkpoint step 4", lambda: 4 in procs.checkpoint_steps(run), 200, job=job)
         victim = procs.wait_for("rank 1", lambda: procs.rank_pids(job).get(1), 30)

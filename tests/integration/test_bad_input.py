@@ -2,6 +2,8 @@
 nothing damaged."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import cli
@@ -93,3 +95,40 @@ def test_run_dir_not_writable(tmp_path):
 def test_export_of_a_non_run_dir(tmp_path):
     assert_user_error(cli("trainer.export", f"run.dir={tmp_path}"), str(tmp_path), "not a run dir")
     assert_user_error(cli("trainer.export", "rundir=x"), "rundir", "run.dir")
+
+
+def test_gpus_asked_for_where_there_are_none(tmp_path):
+    """Checked once, before any rank starts (it was: the error once per rank, torchrun's traceback, exit 1)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = cli("trainer.train", *FAST, "trainer.devices=2", "strategy=fsdp", "trainer.accelerator=gpu",
+               f"paths.runs_dir={tmp_path}")
+    assert_user_error(proc, "trainer.accelerator=gpu but no CUDA GPU is visible")
+    assert proc.stderr.count("error:") == 1 and "torch.distributed" not in proc.stdout + proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+@pytest.mark.parametrize("content, needles", [
+    (None, ("no such file",)),
+    ("{not json", ("is not valid JSON", "line 1")),
+    ("[1, 2]", ("must hold a JSON object",)),
+])
+def test_a_deepspeed_config_file_that_is_missing_or_bad(tmp_path, content, needles):
+    path = tmp_path / "ds.json"
+    if content is not None:
+        path.write_text(content)
+    proc = cli("trainer.train", *FAST, "strategy=deepspeed_zero2", "trainer.devices=2", f"strategy.deepspeed_config={path}",
+               f"paths.runs_dir={tmp_path / 'runs'}")
+    assert_user_error(proc, "strategy.deepspeed_config", str(path), *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_deepspeed_config_file_is_accepted(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"reduce_bucket_size": 1234}}))
+    proc = cli("launch.torchrun", "--dry-run", "strategy=deepspeed_zero2", "trainer.devices=2",
+               f"strategy.deepspeed_config={path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"strategy.deepspeed_config={path}" in proc.stdout  # the job composes it the same way

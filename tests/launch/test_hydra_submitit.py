@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -37,6 +38,18 @@ def test_slurm_sweep_launcher_composes_from_the_experiment():
     assert p["additional_parameters"]["requeue"] is True
 
 
+@pytest.mark.parametrize("overrides, cpus", [([], 1), (["experiment=gpt2_124m"], 5), (["++data.num_workers=7"], 8),
+                                             (["experiment=gpt2_124m", "launcher.cpus_per_task=12"], 12)])
+def test_sweep_jobs_ask_for_the_cpus_launch_slurm_asks_for(overrides, cpus):
+    """cpus_per_task per rank: launcher.cpus_per_task, else data.num_workers + 1, the same on both SLURM paths."""
+    from launch.slurm import render_sbatch
+    from tests.launch.conftest import spec_for
+    from tests.launch.test_slurm_render import sbatch_options
+
+    assert launcher_params(compose_with_hydra(["hydra/launcher=slurm", "+launcher=slurm", *overrides]))["cpus_per_task"] == cpus
+    assert sbatch_options(render_sbatch(spec_for("slurm", *overrides)))["cpus-per-task"] == str(cpus)
+
+
 def test_without_a_launcher_section_partition_is_unset():
     p = launcher_params(compose_with_hydra(["hydra/launcher=slurm"]))
     assert p["partition"] is None and p["tasks_per_node"] == 1
@@ -56,6 +69,8 @@ def test_submitit_accepts_the_parameters_and_writes_the_batch_script(tmp_path):
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})  # raises on unknown
     text = executor._executor._make_submission_file_text("python -m trainer.train", "uid")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --partition=gpu", "#SBATCH --requeue", "#SBATCH --time=240"):
+                 "#SBATCH --partition=gpu", "#SBATCH --requeue", "#SBATCH --time=240",
+                 "#SBATCH --cpus-per-task=5"):  # gpt_1b: 4 loader workers per rank, plus the rank
         assert line in text, line
     assert re.search(r"#SBATCH --signal=USR\d@120", text)
+    assert text.index('export SRUN_CPUS_PER_TASK="$SLURM_CPUS_PER_TASK"') < text.index("\nsrun ")  # srun gets them too

@@ -87,6 +87,51 @@ def test_schema_check_catches_mistakes(job):
     assert any("replicas" in p for p in validate_pytorchjob(bad))
 
 
+def pod(job: dict) -> dict:
+    return job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+
+
+def test_pods_run_unprivileged_request_cpus_and_outlive_the_preemption_save(job):
+    spec = pod(job)["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 10001
+    assert container(job)["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container(job)["resources"]["requests"]["cpu"] == "40"  # 8 ranks x (4 loader workers + 1)
+    # gpt_1b: ~1.1e9 parameters x 16 bytes over 2 nodes, written twice over at 200 MB/s, plus the margin;
+    # far above Kubernetes' 30 s default, at which a ZeRO-3 save during an eviction is SIGKILLed
+    grace = spec["terminationGracePeriodSeconds"]
+    assert 120 + 2 * 1.0e9 * 16 / 2 / 200e6 < grace < 120 + 2 * 1.3e9 * 16 / 2 / 200e6, grace
+    slower = render_pytorchjob(spec_for("k8s", "experiment=gpt_1b", IMAGE, "launcher.checkpoint_write_mb_s=50"), "j")
+    assert pod(slower)["spec"]["terminationGracePeriodSeconds"] > grace
+    fixed = render_pytorchjob(spec_for("k8s", "experiment=gpt_1b", IMAGE, "launcher.termination_grace_s=900"), "j")
+    assert pod(fixed)["spec"]["terminationGracePeriodSeconds"] == 900
+
+
+def test_scheduling_passes_through_and_a_pod_template_file_is_merged(tmp_path):
+    template = tmp_path / "pod.yaml"
+    template.write_text(yaml.safe_dump({
+        "metadata": {"annotations": {"team": "nlp"}},
+        "spec": {"priorityClassName": "high",
+                 "containers": [{"name": "pytorch", "imagePullPolicy": "Always"},
+                                {"name": "sidecar", "image": "busybox", "args": ["sleep", "infinity"]}]}}))
+    job = render_pytorchjob(spec_for(
+        "k8s", "experiment=gpt_1b", IMAGE, "+launcher.node_selector.gpu=h100", "launcher.queue=team-a",
+        "launcher.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+        "+launcher.resources.limits.memory=400Gi", f"launcher.pod_template={template}"), "j")
+    assert validate_pytorchjob(job) == []
+    spec = pod(job)["spec"]
+    assert spec["nodeSelector"] == {"gpu": "h100"} and spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pod(job)["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pod(job)["metadata"]["annotations"] == {"team": "nlp"} and spec["priorityClassName"] == "high"
+    main, sidecar = spec["containers"]
+    assert main["imagePullPolicy"] == "Always" and main["image"] == "registry.example.com/trainer:1.0"  # merged by name
+    assert main["resources"]["limits"] == {"nvidia.com/gpu": "8", "memory": "400Gi"}
+    assert sidecar["name"] == "sidecar"
+    (tmp_path / "bad.yaml").write_text("containers: []\n")
+    with pytest.raises(UserError, match="must be a pod template"):
+        render_pytorchjob(spec_for("k8s", IMAGE, f"launcher.pod_template={tmp_path / 'bad.yaml'}"), "j")
+
+
 def test_image_is_required():
     with pytest.raises(UserError, match="launcher.image"):
         render_pytorchjob(spec_for("k8s", "experiment=gpt_1b"))
@@ -102,7 +147,7 @@ def test_explicit_shm_size_and_typos():
 
 def test_cli_writes_a_valid_manifest(tmp_path):
     out = tmp_path / "job.yaml"
-    r = cli("launch.k8s", "experiment=gpt2_124m", IMAGE, "--name", "gpt2-a", "--out", str(out), timeout=120)
+    r = cli("launch.k8s", "experiment=gpt2_124m", IMAGE, "--name", "gpt2-a", "--out", str(out), timeout=300)
     assert r.returncode == 0, r.stderr
     manifest = yaml.safe_load(out.read_text())
     assert manifest["metadata"]["name"] == "gpt2-a" and validate_pytorchjob(manifest) == []

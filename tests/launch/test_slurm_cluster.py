@@ -95,3 +95,39 @@ def test_the_cli_submits_a_training_run(slurm, tmp_path, shared_cache):
     frozen = OmegaConf.load(runs / "gpt_tiny_cpu" / f"slurm-{job_id}" / "config.yaml")
     assert frozen.run.id == f"slurm-{job_id}" and frozen.trainer.devices == 2
     assert "world 2" in log
+
+
+def test_a_hydra_sweep_on_slurm_is_preempted_through_the_trainers_flag_and_requeued(slurm, tmp_path, shared_cache):
+    """`-m hydra/launcher=slurm`: submitit's warning signal (USR2) reaches the trainer's preemption flag, which
+    saves at the next step boundary and requeues the job; the requeued job resumes and the sweep ends well."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, **slurm, "TRAINER_RUNS_DIR": str(runs), "TRAINER_CACHE": str(shared_cache),
+           "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "trainer.train", "-m", "hydra/launcher=slurm", "optim.lr=1e-3,2e-3", "model.d_model=32",
+         "model.n_layers=1", "model.n_heads=2", "model.seq_len=16", "data.batch_size=4", "trainer.progress_bar=false",
+         "trainer.max_steps=24", "checkpoint.every_n_steps=4", "trainer.val_every_steps=100", "+data.batch_delay_s=0.3",
+         "logger.wandb=false", "hydra.launcher.gpus_per_node=null", "hydra.launcher.timeout_min=20"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list(runs.glob("gpt_tiny_cpu/slurm-*_0-0/checkpoints/step-00000004")):
+            assert sweep.poll() is None, sweep.stdout.read()[-4000:]
+            time.sleep(2)
+        (point,) = runs.glob("gpt_tiny_cpu/slurm-*_0-0")
+        array_job = re.match(r"slurm-(\d+)_0-0", point.name).group(1)
+        # what SLURM sends submitit's jobs before the time limit (--signal=USR2@...): to every task of the step
+        subprocess.run(["scancel", "--signal=USR2", f"{array_job}_0"], env=env, check=True, timeout=30)
+        out, _ = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, out[-4000:]
+    log = (point / "logs" / "rank0.log").read_text()
+    stop = re.search(r"preemption requested \(SIGUSR2\): saving a checkpoint at step (\d+)", log)
+    assert stop and "requeued SLURM job" in log, log[-3000:]
+    assert f"resuming from {point / 'checkpoints' / f'step-{int(stop.group(1)):08d}'}" in log  # the requeued run
+    show = subprocess.run(["scontrol", "show", "job", f"{array_job}_0"], env=env, capture_output=True, text=True, timeout=30)
+    assert "Restarts=1" in show.stdout, show.stdout
+    for p in runs.glob("gpt_tiny_cpu/slurm-*"):
+        assert json.loads((p / "manifest.json").read_text())["summary"]["steps"] == 24, p

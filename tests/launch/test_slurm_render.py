@@ -35,6 +35,14 @@ def test_resources_follow_the_experiment(gpt_1b_script):
     assert o["partition"] == "gpu" and o["account"] == "proj7" and o["time"] == "1-00:00:00"
 
 
+def test_each_rank_gets_cpus_for_its_loader_workers(gpt_1b_script):
+    assert sbatch_options(gpt_1b_script)["cpus-per-task"] == "5"  # data.num_workers=4, plus the rank itself
+    # srun (SLURM >= 22.05) does not inherit --cpus-per-task from sbatch: the script passes it on
+    assert 'export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-5}"' in gpt_1b_script
+    assert sbatch_options(render_sbatch(spec_for("slurm", "launcher.cpus_per_task=12")))["cpus-per-task"] == "12"
+    assert sbatch_options(render_sbatch(spec_for("slurm")))["cpus-per-task"] == "1"  # no loader workers
+
+
 def test_signal_reaches_the_ranks_and_the_job_requeues(gpt_1b_script):
     o = sbatch_options(gpt_1b_script)
     assert o["signal"] == "USR1@120"  # no "B:": every task of the step gets it, not only the batch shell
@@ -89,7 +97,12 @@ def test_mounts_need_an_image():
 
 def test_cli_dry_run_and_out(tmp_path):
     out = tmp_path / "job.sbatch"
-    r = cli("launch.slurm", "trainer.devices=2", "strategy=ddp", "--out", str(out), timeout=120)
+    mine = tmp_path / "my-configs"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "mine.yaml").write_text("# @package _global_\nrun:\n  name: mine\ntrainer:\n  devices: 2\n  accelerator: cpu\n")
+    r = cli("launch.slurm", "--config-dir", str(mine), "experiment=mine", "strategy=ddp", "--out", str(out), timeout=300)
     assert r.returncode == 0, r.stderr
-    assert sbatch_options(out.read_text())["ntasks-per-node"] == "2"
-    assert "gpus-per-node" not in sbatch_options(out.read_text())  # a CPU experiment asks for no GPU
+    script = out.read_text()
+    assert sbatch_options(script)["ntasks-per-node"] == "2" and sbatch_options(script)["job-name"] == "mine"
+    assert "gpus-per-node" not in sbatch_options(script)  # a CPU experiment asks for no GPU
+    assert f"-m trainer.train --config-dir {mine} +launcher=slurm experiment=mine" in script  # the job composes alike

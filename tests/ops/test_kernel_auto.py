@@ -123,10 +123,7 @@ def test_add_replaces_the_entry_of_the_same_gpu(tmp_path):
 def test_auto_on_a_gpu_routes_per_op_and_reports_each(kernels_loaded, monkeypatch):
     """A GPU machine (CUDA is the boundary faked here; the CPU build stands in for the extension):
     the routes follow the table, CPU tensors keep the reference, the status names every op."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (9, 0))
+    _fake_gpu(monkeypatch)
     monkeypatch.setattr(build, "load", lambda with_cuda, cache_dir=None: build.loaded())
     entry = _entry(rms_norm={"compile": {"fwd": 1.3, "fwd_bwd": 1.7}, "eager": {"fwd": 9.0, "fwd_bwd": 7.0}},
                    swiglu={"compile": {"fwd": 0.95, "fwd_bwd": 1.4}, "eager": {"fwd": 8.0, "fwd_bwd": 6.5}})
@@ -146,6 +143,42 @@ def test_auto_on_a_gpu_routes_per_op_and_reports_each(kernels_loaded, monkeypatc
         assert ops.kernel_status()["ops"]["swiglu"]["cuda"] == "fused"
         assert ops.set_kernel_mode("fused") == "fused"
         assert all(s == {"cuda": "fused", "cpu": "fused", "why": "kernels=fused"} for s in ops.kernel_status()["ops"].values())
+    finally:
+        ops.set_kernel_mode("reference")
+
+
+def _fake_gpu(monkeypatch, name="NVIDIA H200", capability=(9, 0)):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)
+
+
+@pytest.mark.parametrize("table", ["no entry", "every op slower", "every op changed since"])
+def test_auto_that_picks_no_kernel_does_not_build_the_extension(monkeypatch, table):
+    """The JIT build takes minutes on a GPU: auto decides first and builds only for a kernel it picks."""
+    _fake_gpu(monkeypatch)
+    entries = {"no entry": [],
+               "every op slower": [_entry(swiglu={"eager": {"fwd": 0.9, "fwd_bwd": 1.5}})],
+               "every op changed since": [_entry(sources={op: "0" * 16 for op in auto.OPS},
+                                                 swiglu={"eager": {"fwd": 2.0, "fwd_bwd": 2.0}})]}[table]
+    monkeypatch.setattr(auto, "load_table", lambda path=None: {"entries": entries})
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("auto built the extension although it picked no kernel")
+
+    monkeypatch.setattr(build, "load", no_build)
+    try:
+        assert ops.set_kernel_mode("auto", compiled=False) == "reference"
+        status = ops.kernel_status()
+        assert "every op" in status["reason"] and status["extension"] is None
+        assert all(s == {"cuda": "reference", "cpu": "reference", "why": s["why"]} and s["why"]
+                   for s in status["ops"].values())
+        assert status["auto_table"]["device"] == "NVIDIA H200"
+        # the same table with one kernel that wins: now auto does build (and here, the build raises)
+        monkeypatch.setattr(auto, "load_table", lambda path=None: {"entries": [_entry(swiglu={"eager": {"fwd": 2.0, "fwd_bwd": 2.0}})]})
+        with pytest.raises(AssertionError, match="auto built the extension"):
+            ops.set_kernel_mode("auto", compiled=False)
     finally:
         ops.set_kernel_mode("reference")
 

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trainer import ops
 from trainer.errors import UserError
 from trainer.models.gpt import GPT, GPTConfig
-from trainer.ops import build
+from trainer.ops import auto, build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,8 +69,15 @@ def test_auto_on_cpu_uses_the_reference_and_says_why(kernels_loaded):
 
 
 def test_auto_with_a_failing_cuda_build_falls_back_and_warns_once(monkeypatch, caplog):
-    """A GPU machine whose toolchain cannot build (CUDA is the boundary faked here)."""
+    """A GPU machine whose toolchain cannot build (CUDA is the boundary faked here), on a GPU where
+    the auto table picks a kernel (auto builds only then)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: (9, 0))
+    entry = {"device": {"name": "NVIDIA H200", "capability": "9.0"}, "sources": auto.source_hashes(),
+             "ops": {"swiglu": {"eager": {"fwd": 2.0, "fwd_bwd": 2.0}}}}
+    monkeypatch.setattr(auto, "load_table", lambda path=None: {"entries": [entry]})
     monkeypatch.setattr(ops, "_WARNED", False)
 
     def failing_load(with_cuda, cache_dir=None):
@@ -111,6 +118,26 @@ def test_fused_without_a_compiler_is_one_clear_user_error(tmp_path):
     assert "kernels=auto" in r.stdout  # the message names the way out
 
 
+def test_fused_without_the_kernel_sources_says_a_non_editable_install_lacks_them(tmp_path):
+    """A wheel or `pip install .` has no csrc/ (it is not package data): kernels=fused says so and names the
+    editable install; kernels=auto on CPU never needs the sources and runs on the reference."""
+    code = (
+        "from pathlib import Path\n"
+        "from trainer import ops\n"
+        "from trainer.errors import UserError\n"
+        "from trainer.ops import build\n"
+        f"build.CSRC = Path({str(tmp_path / 'site-packages' / 'csrc')!r})\n"
+        "print('AUTO', ops.set_kernel_mode('auto'))\n"
+        "try:\n    ops.set_kernel_mode('fused')\n"
+        "except UserError as e:\n    print('USER_ERROR', e)\n"
+    )
+    r = _python(code, {"TRAINER_CACHE": str(tmp_path)})
+    assert "AUTO reference" in r.stdout, r.stderr
+    assert "USER_ERROR kernels=fused, but the custom kernels cannot be built" in r.stdout, r.stderr
+    assert f"the kernel sources (csrc/) are not at {tmp_path / 'site-packages' / 'csrc'}" in r.stdout
+    assert "non-editable install" in r.stdout and "pip install -e ." in r.stdout and "kernels=auto" in r.stdout
+
+
 def test_a_held_build_lock_times_out_with_a_message(tmp_path):
     from filelock import FileLock
 
@@ -138,10 +165,18 @@ def test_a_prebuilt_directory_is_used_only_when_it_matches(kernels_loaded, tmp_p
     shutil.copy(built / "trainer_kernels.so", prebuilt / "trainer_kernels.so")
     monkeypatch.setenv("TRAINER_KERNELS_DIR", str(prebuilt))
     assert build._matching_prebuilt(with_cuda=False) == prebuilt
+    # `python -m trainer.ops.build --reuse` (scripts/gpu_check.sh's second call) keeps it, without compiling
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although --out held a matching build")
+
+    monkeypatch.setattr(build, "compile_extension", no_compile)
+    assert build.main(["--cpu-only", "--reuse", "--out", str(prebuilt)]) == 0
     meta = json.loads((prebuilt / build.META_FILE).read_text())
     meta["sources"] = "0" * 64  # built from other sources: must not be loaded
     (prebuilt / build.META_FILE).write_text(json.dumps(meta))
     assert build._matching_prebuilt(with_cuda=False) != prebuilt
+    with pytest.raises(AssertionError, match="compiled although"):  # stale: --reuse builds again
+        build.main(["--cpu-only", "--reuse", "--out", str(prebuilt)])
 
 
 def test_arch_coverage():

@@ -10,7 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # Top-level names of a run directory: only trainer/tracking/run_dir.py (RunDir) spells them.
 RUN_DIR_NAMES = {"config.yaml", "manifest.json", "model.json", "checkpoints", "perf", "logs", "csv", "metrics.csv",
-                 "wandb", "wandb_id.txt", "profiler", "report", "export", "eval", "tokenizer", "deepspeed_config.json"}
+                 "wandb", "wandb_id.txt", "profiler", "report", "export", "eval", "tokenizer", "deepspeed_config.json",
+                 "wandb_artifacts.json", "data_check",
+                 "promotion.json", "pipeline.json", "reproduce.json", "drift", "lock.json"}
 # File names no other concept shares: flagged wherever they appear. The other names are also config keys
 # or package names ("wandb", "csv", "profiler", "tokenizer"): flagged when joined onto a path (`p / "perf"`).
 FILE_NAMES = {n for n in RUN_DIR_NAMES if "." in n} | {"checkpoints"}

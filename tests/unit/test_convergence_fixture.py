@@ -1,18 +1,22 @@
 """The statistics and the planted defect behind tests/gpu/test_convergence_gpu.py, on the CPU."""
 from __future__ import annotations
 
+import json
 import math
 from itertools import combinations
 
 import pytest
 import torch
 
+from tests.conftest import ROOT
 from tests.fixtures.convergence import (
     WRONG_TARGET_EVERY,
+    main,
     permutation_p_value,
     plant_cross_entropy_defect,
     train_curve,
     window_log_mean,
+    window_stats,
 )
 from trainer import ops
 from trainer.ops import reference
@@ -74,3 +78,31 @@ def test_train_curve_runs_both_arms_on_the_same_start():
 def kernels_built():
     ops.set_kernel_mode("fused")
     ops.set_kernel_mode("reference")
+
+
+EVIDENCE = [ROOT / "docs/gpu/cpu_convergence_4_seeds.json", ROOT / "docs/gpu/cpu_convergence_planted_3_seeds.json"]
+
+
+def test_the_convergence_doc_figures_come_from_the_committed_curves():
+    """docs/gpu/convergence.md's tables: the p-values recomputed from the raw curves."""
+    curves = {k: v for f in EVIDENCE for k, v in json.loads(f.read_text())["curves"].items()}
+    stats = window_stats(curves)
+    assert stats["fused"]["steps 20-99"]["p"] == pytest.approx(0.557, abs=1e-3)
+    assert stats["fused"]["steps 100-199"]["p"] == pytest.approx(0.371, abs=1e-3)
+    assert stats["planted"]["steps 20-99"]["p"] == stats["planted"]["steps 100-199"]["p"] == pytest.approx(1 / 35)
+    assert [round(v, 3) for v in stats["reference"]["steps 20-99"]["per_seed"]] == [0.190, 0.179, 0.111, 0.226]
+
+
+@pytest.mark.slow  # 2 x 3 steps of the convergence model on the CPU
+def test_the_driver_reproduces_the_start_of_the_committed_curves(tmp_path):
+    """`python -m tests.fixtures.convergence run` is what made the evidence: its first steps match."""
+    threads = torch.get_num_threads()
+    out = tmp_path / "c.json"
+    try:
+        assert main(["run", "--arms", "reference,planted", "--seeds", "0", "--steps", "3", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    curves = json.loads(out.read_text())["curves"]
+    committed = {k: v for f in EVIDENCE for k, v in json.loads(f.read_text())["curves"].items()}
+    for key in ("reference:0", "planted:0"):
+        assert curves[key] == pytest.approx(committed[key][:3], rel=1e-3), key

@@ -69,9 +69,22 @@ def test_hub_name_while_offline(tmp_path, monkeypatch):
     assert time.monotonic() - start < 10
 
 
-def test_unknown_tokenizer_and_bad_numbers():
-    with pytest.raises(UserError, match=r"data\.tokenizer='bpee' is not known.*Did you mean 'bpe'"):
-        TokenDataModule(tokenizer="bpee")
+def test_unknown_tokenizer_and_bad_numbers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("some text " * 50)
+    # a name that is not byte/bpe could be a hub tokenizer: offline, the message says so and how to use a copy
+    with pytest.raises(UserError, match=r"data\.tokenizer='bpee' is not byte or bpe.*HF_HUB_OFFLINE=1 \(offline\)"
+                                        r".*Did you mean 'bpe'.*save_pretrained\('DIR'\).*data\.tokenizer=DIR"):
+        build(tmp_path / "a.txt", tmp_path / "cache", tokenizer="bpee")
+    with pytest.raises(UserError, match=r"data\.tokenizer='\./tok/nope' does not exist"):
+        build(tmp_path / "a.txt", tmp_path / "cache", tokenizer="./tok/nope")
+    (tmp_path / "not_a_tokenizer").mkdir()
+    with pytest.raises(UserError, match=r"data\.tokenizer='not_a_tokenizer': transformers\.AutoTokenizer cannot load"):
+        build(tmp_path / "a.txt", tmp_path / "cache", tokenizer="not_a_tokenizer")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match=r"data\.tokenizer='bad\.json' is not a tokenizers JSON file"):
+        build(tmp_path / "a.txt", tmp_path / "cache", tokenizer="bad.json")
+    assert not (tmp_path / "cache").exists() or not [p for p in (tmp_path / "cache").iterdir() if p.name != "hf"]
     with pytest.raises(UserError, match=r"data\.bpe_vocab_size=100"):
         TokenDataModule(tokenizer="bpe", bpe_vocab_size=100)
     with pytest.raises(UserError, match=r"data\.val_fraction=1\.0"):

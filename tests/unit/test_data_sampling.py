@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from trainer.data.sampling import (
+    STEPS_PER_DRAW,
+    Mixture,
     StepSampler,
     evenly_spaced_offsets,
     micro_batch_indices,
@@ -103,3 +105,15 @@ def test_validation_batches_are_fixed_and_equal_in_number_across_ranks():
         assert set(seen.tolist()) == set(offsets.tolist())
         assert len(seen) - len(offsets) < world  # padding only to even out the ranks
     assert all(np.array_equal(a, b) for a, b in zip(rank_val_batches(offsets, 3, 1, 2), rank_val_batches(offsets, 3, 1, 2)))
+
+
+@pytest.mark.parametrize("space", [1000, Mixture((100, 50, 30), (1.0, 2.0, 3.0))])
+def test_step_sampler_draws_many_steps_at_once_with_the_per_step_values(space):
+    """The sampler computes STEPS_PER_DRAW steps per call: the same windows as micro_batch_indices, step by step,
+    across chunk boundaries and from a resumed step."""
+    start, end = 5, 5 + 2 * STEPS_PER_DRAW + 3
+    sampler = StepSampler(lambda: start, end, seed=7, accumulate=2, world_size=2, rank=1, batch_size=4, num_windows=space)
+    expected = [b for step in range(start, end) for b in micro_batch_indices(7, step, 2, 2, 1, 4, space)]
+    got = list(sampler)
+    assert len(got) == len(expected) == (end - start) * 2
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))

@@ -13,7 +13,7 @@ from filelock import FileLock
 
 from trainer.data import TokenDataModule
 from trainer.data.corpus import data_fingerprint
-from trainer.data.sources import resolve_source, stdlib_dir
+from trainer.data.sources import SourceSpec, resolve_source, stdlib_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,8 @@ def open_module(path, cache, **kw) -> TokenDataModule:
 
 
 def shard_bytes(dm) -> dict[str, bytes]:
-    return {f.name: f.read_bytes() for f in sorted(Path(dm.corpus_stats()["shard_dir"]).iterdir())}
+    root = Path(dm.corpus_stats()["shard_dir"])
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
 
 
 def test_shards_are_byte_identical_for_the_same_fingerprint_and_reused(tmp_path):
@@ -128,21 +129,26 @@ def test_bpe_tokenizer_is_trained_on_the_train_split_and_round_trips(tmp_path):
     texts = write_corpus(tmp_path / "corpus")
     dm = open_module(tmp_path / "corpus", tmp_path / "cache", tokenizer="bpe", bpe_vocab_size=400)
     shard_dir = Path(dm.corpus_stats()["shard_dir"])
-    assert (shard_dir / "tokenizer.json").is_file()
+    assert (shard_dir / "tokenizer" / "tokenizer.json").is_file()  # the tokenizer that wrote these ids
     assert 257 < dm.vocab_size <= 400 and dm.shards.meta["dtype"] == "uint16"
     sample = "line 7 of document 12: xyzxyz\n"
     ids = dm.encode(sample)
     assert len(ids) < len(sample.encode())  # merges learned from the corpus compress it
     assert dm.decode(ids) == sample
-    eot = dm.shards.meta["tokenizer"]["eot_id"]
+    eot = dm.shards.meta["tokenizer"]["eos_id"]
+    assert eot == dm.tokenizer.eos_id and dm.tokenizer.decode([eot]) == "<|endoftext|>"
     train_text = dm.decode(dm.shards.tokens("train").tolist())
     docs = [d for d in train_text.split("<|endoftext|>") if d]
     assert len(docs) == 16 and all(d in texts.values() for d in docs)
     assert int(dm.shards.tokens("train")[-1]) == eot
     x, y = dm.train_batch(step=0)
     assert x.shape == (4, 16) and int(x.max()) < dm.vocab_size
-    # the BPE vocabulary size is part of the fingerprint; the byte tokenizer is another shard set
-    assert open_module(tmp_path / "corpus", tmp_path / "cache", tokenizer="bpe", bpe_vocab_size=450).fingerprint != dm.fingerprint
+    # the requested BPE size names another training run; shards are keyed by the tokenizer that came out of it:
+    # this corpus holds only ~50 merges, so both runs learn the same vocabulary and share the shards
+    other = open_module(tmp_path / "corpus", tmp_path / "cache", tokenizer="bpe", bpe_vocab_size=450)
+    assert len([p for p in (tmp_path / "cache").glob("bpe-*") if p.is_dir()]) == 2
+    assert other.vocab_size == dm.vocab_size and other.fingerprint == dm.fingerprint and not other.built_shards
+    # the byte tokenizer is another shard set
     assert open_module(tmp_path / "corpus", tmp_path / "cache").fingerprint != dm.fingerprint
 
 
@@ -178,7 +184,7 @@ def test_concurrent_processes_build_once_and_the_others_wait(tmp_path):
     write_corpus(tmp_path / "corpus", n=40)
     cache = tmp_path / "cache"
     cache.mkdir()
-    fp = data_fingerprint(resolve_source(str(tmp_path / "corpus"), None, "text").fingerprint(), "byte", 4096, 0.2)
+    fp = data_fingerprint(resolve_source(SourceSpec(str(tmp_path / "corpus"))).fingerprint(), "byte", 0.2)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # Hold the build lock so both processes are certainly contending when it is released.
     with FileLock(str(cache / f"{fp}.lock")):

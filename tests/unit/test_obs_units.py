@@ -170,6 +170,21 @@ def test_compute_bound_reports_mfu():
     assert v.bottleneck == COMPUTE and "MFU 41%" in v.evidence and "GPU" in v.fix
 
 
+def test_compute_bound_on_a_cpu_advises_only_what_was_measured_to_help_there():
+    """benchmarks/cpu_advice.py: bf16 0.79x and compile 0.81x CPU time per step (native-bf16 CPU), kernels=fused 0.96x."""
+    v = decide(evidence(device="cpu", precision="32-true", compiled=False, cpu_native_bf16=True), Thresholds())
+    assert "bf16-mixed" in v.fix and "trainer.compile=true" in v.fix and "kernels=fused" not in v.fix
+    no_bf16 = decide(evidence(device="cpu", precision="32-true", compiled=False, cpu_native_bf16=False), Thresholds())
+    assert "bf16" not in no_bf16.fix and "trainer.compile=true" in no_bf16.fix  # emulated bf16 is not advised
+    done = decide(evidence(device="cpu", precision="bf16-mixed", compiled=True, cpu_native_bf16=True), Thresholds())
+    assert "bf16" not in done.fix and "compile" not in done.fix  # what the run already does is not advised
+    gpu = decide(evidence(device="cuda", precision="bf16-mixed", compiled=False), Thresholds())
+    assert "bf16" not in gpu.fix and "trainer.compile=true" in gpu.fix and "more devices" in gpu.fix
+    # never kernels=fused: it forces kernels measured slower than compile; auto already picks per op
+    assert "kernels" not in gpu.fix
+    assert "kernels" not in decide(evidence(device="cuda", precision="32-true", compiled=True), Thresholds()).fix
+
+
 def test_input_bound_names_the_wait_and_the_fix():
     v = decide(evidence(fractions=frac(data=0.62, fwd=0.1, bwd=0.2, opt=0.05), num_workers=0), Thresholds())
     assert v.bottleneck == INPUT

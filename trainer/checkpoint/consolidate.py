@@ -1,4 +1,4 @@
-"""Consolidate sharded checkpoints (DeepSpeed ZeRO, FSDP) into one full state dict on CPU, in one process."""
+"""Consolidate sharded checkpoints (DeepSpeed ZeRO, FSDP, FSDP2) into one full state dict on CPU, in one process."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,9 @@ def consolidate_sharded(state_dir: Path, manifest: dict) -> dict[str, torch.Tens
     if strategy == "deepspeed":
         return _deepspeed_fp32(state_dir)
     if strategy == "fsdp":
-        return _fsdp_dcp(state_dir)
+        return _dcp_weights(state_dir, "model")  # Lightning's FSDPStrategy saves the weights under "model"
+    if strategy == "fsdp2":
+        return _dcp_weights(state_dir, "state_dict")  # ModelParallelStrategy, under "state_dict"
     raise UserError(f"cannot consolidate a sharded checkpoint written by strategy {strategy!r} at {state_dir}")
 
 
@@ -28,14 +30,14 @@ def _deepspeed_fp32(state_dir: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items()}
 
 
-def _fsdp_dcp(state_dir: Path) -> dict[str, torch.Tensor]:
-    """FSDP sharded state dicts (torch.distributed.checkpoint): read every shard without a process group."""
+def _dcp_weights(state_dir: Path, key: str) -> dict[str, torch.Tensor]:
+    """The weights of a torch.distributed.checkpoint directory: read every shard without a process group."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     full: dict = {}
     _load_state_dict(full, storage_reader=FileSystemReader(state_dir), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
-    if "model" not in full:
+    if key not in full:
         raise UserError(f"{state_dir} is a distributed checkpoint without model weights (keys: {sorted(full)[:5]})")
-    return dict(full["model"])
+    return dict(full[key])

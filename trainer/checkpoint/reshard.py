@@ -10,10 +10,12 @@
 
         python -m trainer.checkpoint.reshard RUN_DIR/checkpoints/step-XXXXXXXX   # convert by hand
 
+- An FSDP2 checkpoint (torch.distributed.checkpoint) loads on any world size with strategy=fsdp2:
+  DCP reshards parameters and optimizer state to the loading ranks' layout.
 - ZeRO-3 on another world size is refused: through a universal checkpoint its loss leaves the
   straight run's (measured 1e-4 at the first resumed step, 2e-3 three steps later).
-- Anything else (ZeRO into ddp/fsdp, a full checkpoint into DeepSpeed, FSDP shards on another
-  world size) is refused before training with the way out.
+- Anything else (ZeRO into ddp/fsdp, a full checkpoint into DeepSpeed or FSDP2, FSDP shards on another
+  world size, FSDP2 into another strategy) is refused before training with the way out.
 """
 from __future__ import annotations
 
@@ -70,6 +72,17 @@ def plan_resume(info: store.CheckpointInfo, *, strategy: str, zero_stage: int | 
         log.info("resuming a ZeRO-%s checkpoint of %s ranks on %s ranks (ZeRO-%s) through a universal checkpoint",
                  saved_stage, saved_world, world_size, zero_stage)
         return ResumePlan(ensure_universal(info), load_universal=True)
+    if (saved_strategy == "fsdp2") != (strategy == "fsdp2"):
+        raise UserError(
+            f"{info.path} was written by strategy={saved_strategy}; strategy={strategy} cannot resume it. Resume with "
+            f"strategy={saved_strategy}" + (" (any world size: its shards are resharded at load)" if saved_strategy == "fsdp2" else "")
+            + f", or export its weights (python -m trainer.export run.dir=RUN_DIR checkpoint={info.path}) to start a new run"
+        )
+    if strategy == "fsdp2":
+        if saved_world != world_size:
+            log.info("resuming an FSDP2 checkpoint of %s ranks on %s ranks (resharded by torch.distributed.checkpoint)",
+                     saved_world, world_size)
+        return ResumePlan(info.state_path)
     if strategy == "deepspeed":
         raise UserError(
             f"{info.path} was written by strategy={saved_strategy}; DeepSpeed can only resume DeepSpeed checkpoints. "

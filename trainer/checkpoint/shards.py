@@ -2,14 +2,16 @@
 
 DeepSpeed (tag `checkpoint`): every rank writes `zero_pp_rank_<r>_mp_rank_00_optim_states.pt`;
 with ZeRO-3 also `zero_pp_rank_<r>_mp_rank_00_model_states.pt` (stages 1-2 keep the full
-weights once, in `mp_rank_00_model_states.pt`). FSDP (torch.distributed.checkpoint): every rank
-writes `__<r>_0.distcp`, plus `.metadata`.
+weights once, in `mp_rank_00_model_states.pt`). FSDP and FSDP2 (torch.distributed.checkpoint):
+every rank writes `__<r>_0.distcp`, plus `.metadata`; FSDP2 (Lightning's ModelParallelStrategy) also
+`meta.pt`, the loops', schedulers' and callbacks' state.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+DCP_META = "meta.pt"  # next to a DCP directory's shards: Lightning's non-tensor state (loops, schedulers, callbacks)
 _DS_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_(?:optim|model)_states\.pt$")
 _DCP_RANK = re.compile(r"__(\d+)_\d+\.distcp$")
 
@@ -41,11 +43,12 @@ def shard_list(ckpt_dir: Path, state: str, strategy: str, world_size: int, zero_
             problems += [f"rank {r}'s {k} file" for k in kinds if not any(k in f for f in mine)]
         elif not mine:
             problems.append(f"rank {r}'s shard")
-    common = {"deepspeed": "mp_rank_00_model_states.pt" if zero_stage in (1, 2) else None, "fsdp": ".metadata"}.get(strategy)
-    if common:
-        found = [f for f in files if f.endswith("/" + common) and rank_of(f) is None]
+    common = {"deepspeed": ["mp_rank_00_model_states.pt"] if zero_stage in (1, 2) else [], "fsdp": [".metadata"],
+              "fsdp2": [".metadata", DCP_META]}.get(strategy, [])
+    for name in common:
+        found = [f for f in files if f.endswith("/" + name) and rank_of(f) is None]
         if not found:
-            problems.append(common)
+            problems.append(name)
         shards += [{"rank": None, "file": f} for f in found]
     if problems:
         raise MissingShards(f"{root}: missing {', '.join(problems)} (world size {world_size})")

@@ -22,6 +22,7 @@ from trainer.files import atomic_write_json, fsync_path
 
 MANIFEST = "manifest.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+SET_ASIDE = re.compile(r"^step-\d{8}\.replaced-\d+$")  # publish() moved an older save of that step here
 TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
 
@@ -166,3 +167,32 @@ def prune(root: Path, keep_last: int) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
+
+
+def set_aside_or_damaged(root: Path, saving_step: int) -> list[Path]:
+    """Checkpoint dirs nothing will load: set aside by publish (step-N.replaced-*), published but failing
+    verification (sizes only, cheap), and partial saves (.tmp-step-N) of steps before `saving_step`."""
+    found = []
+    for p in root.iterdir() if root.is_dir() else []:
+        if not p.is_dir():
+            continue
+        if SET_ASIDE.match(p.name):
+            found.append(p)
+        elif STEP_DIR.match(p.name):
+            try:
+                verify(p, deep=False)
+            except CheckpointDamaged:
+                found.append(p)
+        elif p.name.startswith(TMP_PREFIX):
+            m = STEP_DIR.match(p.name[len(TMP_PREFIX):])
+            if m and int(m.group(1)) < saving_step:
+                found.append(p)
+    return found
+
+
+def prune_set_aside(root: Path, keep: int, saving_step: int) -> list[Path]:
+    """Delete all but the `keep` most recently set aside of `set_aside_or_damaged`; returns the deleted."""
+    found = sorted(set_aside_or_damaged(root, saving_step), key=lambda p: p.stat().st_ctime, reverse=True)
+    for p in found[keep:]:
+        shutil.rmtree(p, ignore_errors=True)
+    return found[keep:]

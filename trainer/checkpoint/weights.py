@@ -11,7 +11,6 @@ from trainer.errors import UserError
 from trainer.tracking.run_dir import RunDir
 
 
-
 def load_model_state(ckpt: store.CheckpointInfo) -> dict[str, torch.Tensor]:
     """The net's state dict (keys as in the plain nn.Module), loaded with weights_only=True."""
     state_path = ckpt.state_path
@@ -53,5 +52,27 @@ def newest_checkpoint(run_dir: Path) -> store.CheckpointInfo:
     for msg in skipped:
         print(f"skipping damaged checkpoint: {msg}")
     if info is None:
-        raise UserError(f"no valid checkpoint under {root}")
+        raise UserError(f"no valid checkpoint under {root}: the run has not saved one yet. Train it first "
+                        f"(python -m trainer.train run.dir={run_dir}), or pass checkpoint=PATH")
     return info
+
+
+def checkpoint_at(path: Path) -> store.CheckpointInfo:
+    """The checkpoint in directory `path`, verified (a damaged one is a UserError naming what is wrong)."""
+    try:
+        manifest = store.verify(path)
+    except store.CheckpointDamaged as e:
+        raise UserError(str(e)) from None
+    return store.CheckpointInfo(path, int(manifest["step"]), manifest)
+
+
+def load_trained_net(run_dir: Path, checkpoint: Path | None = None):
+    """(net with the checkpoint's weights, in eval mode; its CheckpointInfo). Newest valid checkpoint by default."""
+    info = checkpoint_at(checkpoint) if checkpoint is not None else newest_checkpoint(run_dir)
+    state = load_model_state(info)
+    net = build_net(run_dir)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{info.path} does not match the model in {RunDir(run_dir).model_spec}: "
+                        f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return net.eval(), info

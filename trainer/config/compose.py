@@ -6,6 +6,7 @@ choices, the full key, the parse failure), never from their message text.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import typing
 from dataclasses import fields, is_dataclass
@@ -15,21 +16,50 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from trainer.config.schema import TrainConfig, register_schema
-from trainer.config.validate import TARGET_SECTIONS, import_target, signature_params, validate
+from trainer.config.validate import (
+    TARGET_COLLECTIONS,
+    TARGET_SECTIONS,
+    TRAINER_OWNED,
+    import_target,
+    signature_params,
+    target_nodes,
+    validate,
+)
 from trainer.errors import UserError, closest
 
-CONFIG_DIR = Path(os.environ.get("TRAINER_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+INSTALLED_CONFIGS = "trainer_configs"  # configs/ as packaging ships it (setup.py)
+
+
+def config_dir() -> Path:
+    """Where the shipped configs are: $TRAINER_CONFIG_DIR when set; else the configs/ beside the `trainer`
+    package being run (a source checkout, so its code and configs always match); else the copy installed
+    with the package as `trainer_configs` (a non-editable or git-URL install)."""
+    if os.environ.get("TRAINER_CONFIG_DIR"):
+        return Path(os.environ["TRAINER_CONFIG_DIR"])
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if (checkout / "train.yaml").is_file():
+        return checkout
+    spec = importlib.util.find_spec(INSTALLED_CONFIGS)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout  # Hydra then says "Primary config directory not found" and names this path
+
+
+# Your own configs add to these (never replace them): `--config-dir DIR` (Hydra's flag, also taken by
+# the launchers) or `hydra.searchpath=[file://DIR]`; see config_dir_overrides.
+CONFIG_DIR = config_dir()
 
 register_schema()
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train", config_dirs: Sequence[str] = ()) -> DictConfig:
     """Compose configs/<config_name>.yaml with overrides (no Hydra app, no output dir) and validate.
 
     Constructor arguments of a `_target_` section may be set without `+` (see normalize_overrides).
+    `config_dirs` are searched after the shipped configs (as Hydra's --config-dir is).
     Errors come back as UserError with the offending key and the closest valid choices.
     """
-    overrides = normalize_overrides(overrides, config_name)
+    overrides = normalize_overrides([*config_dir_overrides(config_dirs), *overrides], config_name)
     try:
         cfg = _compose(overrides, config_name)
     except Exception as e:  # Hydra/OmegaConf raise many types; all mean "bad config"
@@ -39,23 +69,115 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     return cfg
 
 
+def compose_unchecked(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose only, in about a second: overrides taken as they are (a `_target_` section's keys not in its
+    YAML need `++`), no import of the targets, no validation (compose_config does all of that)."""
+    try:
+        return _compose(overrides, config_name)
+    except Exception as e:  # Hydra/OmegaConf raise many types; all mean "bad config"
+        raise explain_hydra_error(e, overrides) from None
+
+
+def split_config_dir(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the directories of `--config-dir DIR` / `-cd DIR` / `--config-dir=DIR`, the other arguments)."""
+    dirs, rest, it = [], [], iter(argv)
+    for a in it:
+        flag, eq, value = a.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            value = value if eq else next(it, None)
+            if not value:
+                raise UserError(f"{flag} needs a directory: {flag} DIR")
+            dirs.append(value)
+        else:
+            rest.append(a)
+    return dirs, rest
+
+
+def config_dir_overrides(config_dirs: Sequence[str]) -> list[str]:
+    """`--config-dir DIR` as an override: DIR joins Hydra's search path after the shipped configs, so its
+    files add options to the groups (experiment/mine.yaml, local/default.yaml) and replace none."""
+    if not config_dirs:
+        return []
+    paths = []
+    for d in config_dirs:
+        path = Path(d).expanduser().absolute()
+        if not path.is_dir():
+            raise UserError(f"--config-dir {d}: no such directory")
+        paths.append(f"file://{path}")
+    return [f"hydra.searchpath=[{','.join(paths)}]"]
+
+
 def complete_target_sections(cfg: DictConfig) -> None:
-    """Fill each `_target_` section with the target's defaults for the keys its YAML leaves out.
+    """Fill each `_target_` node (sections and collection entries) with the target's defaults for the
+    keys its YAML leaves out.
 
     The target's signature (or config_class) is the schema of its section and holds the defaults
     once; filled in, the frozen config shows every value a run used, and `${model.seq_len}` resolves.
     """
     from omegaconf import open_dict
 
-    for section in ("model", "data"):  # `module` takes the optim section's values where it leaves them out (build.py)
-        node = cfg.get(section)
-        if node is None or "_target_" not in node:
+    read_deepspeed_file(cfg)
+    turn_on_shipped_entries(cfg)
+    for path, node in target_nodes(cfg):
+        if path == "module":  # takes the optim/scheduler sections' values where it leaves them out (build.py)
             continue
-        defaults = target_defaults(import_target(section, node._target_))
+        defaults = target_defaults(import_target(path, node._target_))
         with open_dict(node):
             for key, value in defaults.items():
-                if key not in node:
+                if key not in node.keys():  # `in node` is False for a `???` key, which must stay missing
                     node[key] = value
+
+
+def turn_on_shipped_entries(cfg: DictConfig) -> None:
+    """`logger.wandb=true` (or `callbacks.early_stopping=true`): the entry as its option file ships it
+    (configs/logger/wandb.yaml), so an entry turned off (by an experiment, an earlier override) can be
+    turned on again without spelling its `_target_`; keys set after it (`logger.wandb.mode=offline`,
+    which Hydra then holds without a `_target_`) apply on top of the shipped entry."""
+    from omegaconf import DictConfig as Node
+    from omegaconf import OmegaConf, open_dict
+
+    for collection in TARGET_COLLECTIONS:
+        entries = cfg.get(collection)
+        for name, value in list((entries or {}).items()):
+            if value is not True and not (isinstance(value, Node) and "_target_" not in value):
+                continue
+            option = CONFIG_DIR / collection / f"{name}.yaml"
+            shipped = OmegaConf.load(option).get(name) if option.is_file() else None
+            if shipped is None:
+                if value is not True:
+                    continue  # validate() names what a user entry lacks
+                choices = sorted(p.stem for p in (CONFIG_DIR / collection).glob("*.yaml") if p.stem != "default")
+                raise UserError(f"{collection}.{name}=true: no shipped {collection} entry named {name!r} "
+                                f"(shipped: {', '.join(choices)}); add yours with +{collection}.{name}._target_=...")
+            with open_dict(entries):
+                entries[name] = shipped if value is True else OmegaConf.merge(shipped, value)
+
+
+def read_deepspeed_file(cfg: DictConfig) -> None:
+    """`strategy.deepspeed_config=/path/ds.json` (as Lightning and Accelerate take it): the file's JSON
+    object replaces the path, so the frozen config holds what the run used."""
+    import json
+
+    from omegaconf import OmegaConf, open_dict
+
+    strategy = cfg.get("strategy")
+    value = strategy.get("deepspeed_config") if strategy is not None else None
+    if not isinstance(value, str):
+        return
+    path = Path(value).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"strategy.deepspeed_config={value}: no such file (give a DeepSpeed JSON file, or keys: "
+                        "+strategy.deepspeed_config.KEY=VALUE)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"strategy.deepspeed_config={value}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"strategy.deepspeed_config={value} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"strategy.deepspeed_config={value} must hold a JSON object (a DeepSpeed config), got {type(data).__name__}")
+    with open_dict(strategy):
+        strategy.deepspeed_config = OmegaConf.create(data)
 
 
 def _compose(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
@@ -85,24 +207,37 @@ def normalize_overrides(overrides: Sequence[str], config_name: str = "train") ->
             return out
         except Exception as e:  # noqa: BLE001 - only a target section's unknown key is handled here
             key = _unknown_key(e)
-        section, _, leaf = (key or "").partition(".")
-        if section not in TARGET_SECTIONS or not leaf or "." in leaf:
-            return out
+        node_path, leaf = target_key(key or "") or ("", "")
         at = next((i for i, o in enumerate(out) if o.split("=", 1)[0] == key), None)
-        if at is None:
+        if not node_path or at is None:
             return out
-        params = target_params(section, out[:at] + out[at + 1:], config_name)
+        params = target_params(node_path, out[:at] + out[at + 1:], config_name)
         if params is not None and leaf not in params:
             return out
         out[at] = "++" + out[at]
     for at, o in enumerate(out):  # sweep overrides of constructor arguments the YAML leaves out
         key = o.split("=", 1)[0]
-        section, _, leaf = key.partition(".")
-        if _is_sweep(o) and section in TARGET_SECTIONS and leaf and "." not in leaf:
-            params = target_params(section, out, config_name)
+        node_path, leaf = target_key(key) or ("", "")
+        if _is_sweep(o) and node_path:
+            params = target_params(node_path, out, config_name)
             if (params is None or leaf in params) and not _has_key(out, key, config_name):
                 out[at] = "++" + o
     return out
+
+
+def target_key(key: str) -> tuple[str, str] | None:
+    """(node, argument) when `key` may name a constructor argument: `model.d_model` -> (model, d_model),
+    `logger.wandb.project` -> (logger.wandb, project), `trainer.extra.limit_val_batches` -> (trainer.extra, ...)."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] in TARGET_SECTIONS:
+        return parts[0], parts[1]
+    if len(parts) == 3 and (parts[0] in TARGET_COLLECTIONS or parts[:2] == ["trainer", "extra"]):
+        return f"{parts[0]}.{parts[1]}", parts[2]
+    return None
+
+
+def _is_target_node(path: str) -> bool:
+    return target_key(f"{path}.x") is not None
 
 
 def _is_sweep(override: str) -> bool:
@@ -150,12 +285,23 @@ def target_defaults(target: Any) -> dict[str, Any]:
 
 
 def target_params(section: str, overrides: Sequence[str], config_name: str = "train") -> list[str] | None:
-    """Constructor keys of a `_target_` section as composed from these overrides (None: **kwargs).
+    """Constructor keys of a `_target_` node (`model`, `logger.wandb`) as composed from these overrides
+    (None: **kwargs); for `trainer.extra`, the pl.Trainer arguments the trainer does not set itself.
 
-    Only the overrides that choose the target count: group choices (`data=text`) and `_target_` keys."""
-    choosing = [o for o in overrides if "." not in o.split("=", 1)[0] or o.split("=", 1)[0].endswith("._target_")]
+    Only the overrides that choose the target count: group choices (`data=text`), `_target_` keys and
+    the search path."""
+    if section == "trainer.extra":
+        import inspect
+
+        import pytorch_lightning as pl
+
+        return sorted(p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self" and p not in TRAINER_OWNED)
+    choosing = [o for o in overrides if "." not in o.split("=", 1)[0] or o.split("=", 1)[0].endswith("._target_")
+                or o.startswith("hydra.searchpath=")]
     try:
-        node = _compose(choosing, config_name).get(section)
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.select(_compose(choosing, config_name), section)
         params = signature_params(import_target(section, node._target_)) if node else None
     except Exception:  # noqa: BLE001 - this only improves an override or a message
         return []
@@ -199,8 +345,10 @@ def explain_hydra_error(e: Exception, overrides: Sequence[str]) -> UserError:
         key = getattr(x, "full_key", None)
         if isinstance(x, (ConfigAttributeError, ConfigKeyError)) and key:
             parent, _, leaf = str(key).rpartition(".")
+            if parent == "trainer.extra" and leaf in TRAINER_OWNED:
+                return UserError(f"trainer.extra.{leaf} is set by the trainer itself; use {TRAINER_OWNED[leaf]}")
             others = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
-            valid = schema_keys(parent) or (target_params(parent, others) if parent in TARGET_SECTIONS else []) or []
+            valid = schema_keys(parent) or (target_params(parent, others) if _is_target_node(parent) else []) or []
             hint = closest(leaf, valid) or (f" Valid keys under '{parent}': {', '.join(valid)}." if valid else "")
             return UserError(f"unknown config key '{key}'.{hint} (To add a new key on purpose use +{key}=...)")
         if isinstance(x, ValidationError) and key:

@@ -8,19 +8,28 @@ micro-batches sees the same global batch as 2 processes accumulating 1.
 
 Rank r's micro-step a (0 <= a < accumulate) takes the slots
     (a * world + r) * batch_size + i,   i in [0, batch_size).
+
+With several sources (a weighted mixture) the same 64-bit key also picks the source: the key, as
+a fraction of 2^64, against the cumulative normalised weights; the key modulo the source's window
+count picks the window inside it. So the mixture too is a pure function of
+(seed, step, slot), and the realised share of each source can be recomputed for any range of
+steps without having recorded anything.
 """
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 _MASK64 = (1 << 64) - 1
+STEPS_PER_DRAW = 64  # the train sampler computes this many steps' window offsets per call
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -31,19 +40,86 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def sample_keys(seed: int, step: int, slots: np.ndarray) -> np.ndarray:
-    """64-bit hash of (seed, step, slot) for each slot: mix the seed, fold in the step, mix, fold in the slot, mix."""
+def sample_keys(seed: int, step: int | np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """64-bit hash of (seed, step, slot) for each slot: mix the seed, fold in the step, mix, fold in the slot, mix.
+
+    With an array of steps, a (steps, slots) grid of the same keys: many steps in one call.
+    """
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
-        h = splitmix64(np.array([seed & _MASK64], dtype=np.uint64))
-        h = splitmix64(h ^ np.uint64(step & _MASK64))
-        return splitmix64(h ^ np.asarray(slots, dtype=np.uint64))
+        h = splitmix64(np.uint64(seed & _MASK64))
+        h = splitmix64(h ^ np.asarray(step, dtype=np.uint64))
+        slots = np.asarray(slots, dtype=np.uint64)
+        return splitmix64((h[:, None] if h.ndim else h) ^ slots)
 
 
-def window_offsets(seed: int, step: int, slots: np.ndarray, num_windows: int) -> np.ndarray:
-    """Start offsets (int64) of the windows for these slots; windows start in [0, num_windows)."""
+def window_id(source: np.ndarray, offset: np.ndarray, num_sources: int) -> np.ndarray:
+    """A mixture's window id: offset * num_sources + source (decoded with one divmod per batch)."""
+    return np.asarray(offset, dtype=np.int64) * num_sources + np.asarray(source, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Several sources' windows, drawn with these weights. A window id names (source, offset in
+    that source's windows), see window_id."""
+
+    num_windows: tuple[int, ...]
+    weights: tuple[float, ...]  # positive; normalised here
+
+    def __post_init__(self):
+        if len(self.num_windows) != len(self.weights) or not self.num_windows:
+            raise ValueError("a mixture needs one weight per source, and at least one source")
+        if min(self.num_windows) <= 0 or min(self.weights) <= 0:
+            raise ValueError(f"window counts and weights must be positive: {self.num_windows}, {self.weights}")
+
+    @cached_property
+    def shares(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype=np.float64)
+        return w / w.sum()
+
+    @cached_property
+    def _thresholds(self) -> np.ndarray:
+        """Source s takes the keys in (thresholds[s-1], thresholds[s]]; the last is the largest key."""
+        cut = [min(int(c * 2.0**64), (1 << 64) - 1) for c in np.cumsum(self.shares)[:-1]]
+        return np.array([*cut, (1 << 64) - 1], dtype=np.uint64)
+
+    @cached_property
+    def _sizes(self) -> np.ndarray:
+        return np.asarray(self.num_windows, dtype=np.uint64)
+
+    def sources_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """The key as a fraction of 2^64 against the cumulative shares (the top bits decide)."""
+        return np.searchsorted(self._thresholds, keys, side="left")
+
+    def window_ids(self, keys: np.ndarray) -> np.ndarray:
+        # The source comes from the key's top bits, the window from the key modulo the source's size: the
+        # keys of one source fill an interval of ~share * 2^64 values, so the window is as uniform as alone.
+        source = self.sources_of_keys(keys)
+        return window_id(source, (keys % self._sizes[source]).view(np.int64), len(self.weights))
+
+    def split(self, window_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, offset) of each window id."""
+        offset, source = np.divmod(np.asarray(window_ids, dtype=np.int64), len(self.weights))
+        return source, offset
+
+
+def window_offsets(seed: int, step: int | np.ndarray, slots: np.ndarray, num_windows: int | Mixture) -> np.ndarray:
+    """Start offsets (int64) of the windows for these slots; windows start in [0, num_windows)
+    (with a Mixture: window ids, naming a source and an offset in it)."""
+    keys = sample_keys(seed, step, slots)
+    if isinstance(num_windows, Mixture):
+        return num_windows.window_ids(keys)
     if num_windows <= 0:
         raise ValueError(f"num_windows must be positive, got {num_windows}")
-    return (sample_keys(seed, step, slots) % np.uint64(num_windows)).astype(np.int64)
+    return (keys % np.uint64(num_windows)).astype(np.int64)
+
+
+def realised_mixture(mixture: Mixture, seed: int, first_step: int, end_step: int, global_batch: int) -> np.ndarray:
+    """Samples drawn from each source over optimizer steps [first_step, end_step): what training read."""
+    counts = np.zeros(len(mixture.weights), dtype=np.int64)
+    slots = np.arange(global_batch, dtype=np.uint64)
+    for step in range(first_step, end_step):
+        counts += np.bincount(mixture.sources_of_keys(sample_keys(seed, step, slots)), minlength=len(counts))
+    return counts
 
 
 def micro_batch_slots(micro_step: int, world_size: int, rank: int, batch_size: int) -> np.ndarray:
@@ -53,7 +129,7 @@ def micro_batch_slots(micro_step: int, world_size: int, rank: int, batch_size: i
 
 
 def micro_batch_indices(
-    seed: int, step: int, accumulate: int, world_size: int, rank: int, batch_size: int, num_windows: int
+    seed: int, step: int, accumulate: int, world_size: int, rank: int, batch_size: int, num_windows: int | Mixture
 ) -> list[np.ndarray]:
     """Window offsets of each of this rank's `accumulate` micro-batches at optimizer step `step`."""
     return [
@@ -99,7 +175,7 @@ class StepSampler(Sampler[np.ndarray]):
         world_size: int,
         rank: int,
         batch_size: int,
-        num_windows: int,
+        num_windows: int | Mixture,
     ):
         self.current_step = current_step
         self.max_steps, self.seed = max_steps, seed
@@ -107,10 +183,14 @@ class StepSampler(Sampler[np.ndarray]):
         self.batch_size, self.num_windows = batch_size, num_windows
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for step in range(self.current_step(), self.max_steps):
-            yield from micro_batch_indices(
-                self.seed, step, self.accumulate, self.world_size, self.rank, self.batch_size, self.num_windows
-            )
+        # micro_batch_indices for STEPS_PER_DRAW steps at a time: the same values, a fraction of the calls.
+        slots = np.concatenate([micro_batch_slots(a, self.world_size, self.rank, self.batch_size)
+                                for a in range(self.accumulate)])
+        for first in range(self.current_step(), self.max_steps, STEPS_PER_DRAW):
+            steps = np.arange(first, min(first + STEPS_PER_DRAW, self.max_steps))
+            offsets = window_offsets(self.seed, steps, slots, self.num_windows)  # (steps, accumulate * batch)
+            for row in offsets.reshape(len(steps), self.accumulate, self.batch_size):
+                yield from row
 
     def __len__(self) -> int:
         # The whole run is one epoch. On resume Lightning adds the micro-batches it had already
@@ -138,19 +218,57 @@ class TokenWindows(Dataset):
         return self.num_tokens - self.seq_len
 
     def tokens(self) -> np.ndarray:
+        """The token file, memory-mapped (as a plain ndarray view: cheaper to index than np.memmap)."""
         if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+            self._tokens = np.asarray(np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_tokens,)))
         return self._tokens
 
     def __getitem__(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.delay_s:
             time.sleep(self.delay_s)  # debug knob: make the run input-bound on purpose
-        index = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(self.seq_len + 1)  # (B, T+1)
-        windows = torch.from_numpy(self.tokens()[index].astype(np.int64))
-        return windows[:, :-1], windows[:, 1:]
+        offsets = np.asarray(offsets, dtype=np.int64)
+        return read_windows([self.tokens()], np.zeros(len(offsets), dtype=np.int64), offsets, self.seq_len + 1)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokens": None}
+
+
+def read_windows(tokens: list[np.ndarray], source: np.ndarray, offsets: np.ndarray, n: int):
+    """(inputs, targets), LongTensors (B, n - 1): row i is tokens[source[i]][offsets[i] : offsets[i] + n], shifted.
+
+    Each window is a contiguous slice, copied row by row in the shards' dtype (in file order, kinder
+    to the caches) and widened once: cheaper than a (B, n) fancy-index gather.
+    """
+    out = np.empty((len(offsets), n), dtype=tokens[0].dtype)
+    order = np.lexsort((offsets, source))
+    for row, s, o in zip(order.tolist(), source[order].tolist(), offsets[order].tolist()):
+        out[row] = tokens[s][o : o + n]
+    windows = torch.from_numpy(out.astype(np.int64))
+    return windows[:, :-1], windows[:, 1:]
+
+
+class MixtureWindows(Dataset):
+    """Windows of several sources' token files, indexed by window ids (see window_id): each window
+    lies inside one source, never across two."""
+
+    def __init__(self, parts: Sequence[TokenWindows], delay_s: float = 0.0):
+        self.parts, self.delay_s = list(parts), delay_s
+        self.seq_len = self.parts[0].seq_len
+        self._tokens: list[np.ndarray] | None = None
+
+    def _open(self) -> list[np.ndarray]:
+        self._tokens = [p.tokens() for p in self.parts]
+        return self._tokens
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}
+
+    def __getitem__(self, window_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        offsets, source = np.divmod(np.asarray(window_ids, dtype=np.int64), len(self.parts))  # see window_id
+        tokens = self._tokens if self._tokens is not None else self._open()
+        return read_windows(tokens, source, offsets, self.seq_len + 1)
 
 
 class StepIndexedDataLoader(DataLoader):

@@ -1,13 +1,15 @@
 """Memory-mapped token shards, keyed by a data fingerprint, built once by one process.
 
 Layout of `<cache root>/<fingerprint>/`: train.bin and val.bin (flat token ids, dtype in the
-meta), meta.json (counts, dtype, tokenizer, split, unigram entropy) and, for BPE,
-tokenizer.json. The directory is built under a temporary name and renamed into place while
-holding a file lock: a process that finds meta.json finds a complete shard set, and processes
+meta), meta.json (counts, dtype, tokenizer, split, unigram entropy), unigram.npy (training
+token counts per id) and tokenizer/ (the tokenizer that produced the ids, as
+`save_pretrained` writes it). A trained BPE has its own entry, `bpe-<fingerprint>/`. The
+directory is built under a temporary name and renamed into place while holding a file lock: a process that finds meta.json finds a complete shard set, and processes
 that arrive during a build wait on the lock, then reuse what was built.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,9 +22,11 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from trainer.errors import UserError
-from trainer.files import atomic_write_json, fsync_path
+from trainer.files import atomic_write_bytes, atomic_write_json, fsync_path
 
 META = "meta.json"
+UNIGRAM = "unigram.npy"  # training-token counts per id
+TOKENIZER_DIR = "tokenizer"  # the tokenizer that wrote the ids, as save_pretrained writes it
 SPLITS = ("train", "val")
 LOCK_TIMEOUT_S = 3 * 3600  # a slow build of a big corpus is still a build; a dead builder releases the lock
 
@@ -53,6 +57,9 @@ class Shards:
 
     def tokens(self, split: str) -> np.ndarray:
         return np.memmap(self.path(split), dtype=self.meta["dtype"], mode="r", shape=(self.num_tokens(split),))
+
+    def unigram(self) -> np.ndarray:
+        return np.load(self.dir / UNIGRAM)
 
 
 def ensure_shards(root: Path, fingerprint: str, build: Callable[[Path], dict]) -> tuple[Shards, bool]:
@@ -95,9 +102,71 @@ def ensure_shards(root: Path, fingerprint: str, build: Callable[[Path], dict]) -
         ) from None
 
 
-def write_tokens(directory: Path, split: str, tokens: np.ndarray) -> None:
-    path = Path(directory) / f"{split}.bin"
-    with open(path, "wb") as f:
-        tokens.tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
+class ShardWriter:
+    """Appends documents' tokens to train.bin / val.bin as they are tokenized, within a token budget.
+
+    Memory stays at one batch of documents whatever the corpus size. Also counts the training
+    tokens per id (unigram.npy), from which the unigram entropy of any mixture follows.
+    """
+
+    def __init__(self, directory: Path, dtype: np.dtype, vocab_size: int, max_tokens: int | None):
+        self.dir, self.dtype, self.budget = Path(directory), np.dtype(dtype), max_tokens
+        self.files = {split: open(self.dir / f"{split}.bin", "wb") for split in SPLITS}
+        self.tokens = {split: 0 for split in SPLITS}
+        self.documents = {split: 0 for split in SPLITS}
+        self.unigram = np.zeros(vocab_size, dtype=np.int64)
+
+    @property
+    def total(self) -> int:
+        return sum(self.tokens.values())
+
+    @property
+    def full(self) -> bool:
+        return self.budget is not None and self.total >= self.budget
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray, is_val: np.ndarray) -> None:
+        """tokens: the documents' ids back to back; lengths: ids per document; is_val: per document."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if self.budget is not None and self.total + tokens.size > self.budget:
+            room = self.budget - self.total  # keep whole documents, then a cut last one, then stop
+            ends = np.cumsum(lengths)
+            n = int(np.searchsorted(ends, room, side="left")) + 1
+            lengths = np.minimum(lengths[:n], np.maximum(room - (ends[:n] - lengths[:n]), 0))
+            tokens, is_val = tokens[:room], is_val[:n]
+        in_val = np.repeat(np.asarray(is_val, dtype=bool), lengths)
+        self.write("train", tokens[~in_val], int((~is_val & (lengths > 0)).sum()))
+        self.write("val", tokens[in_val], int((is_val & (lengths > 0)).sum()))
+
+    def write(self, split: str, tokens: np.ndarray, documents: int) -> None:
+        tokens = np.asarray(tokens).astype(self.dtype, copy=False)
+        tokens.tofile(self.files[split])
+        self.tokens[split] += tokens.size
+        self.documents[split] += documents
+        if split == "train":
+            self.unigram += np.bincount(tokens, minlength=len(self.unigram))[: len(self.unigram)]
+
+    def close(self) -> None:
+        for split, f in self.files.items():
+            if not f.closed:
+                f.close()
+                fsync_path(self.dir / f"{split}.bin")
+        buffer = io.BytesIO()
+        np.save(buffer, self.unigram)
+        atomic_write_bytes(self.dir / UNIGRAM, buffer.getvalue())
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            for f in self.files.values():
+                f.close()
+
+
+def unigram_entropy_nats(counts: np.ndarray) -> float:
+    """Entropy of a token frequency distribution: the loss of a model that ignores context."""
+    counts = np.asarray(counts, dtype=np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

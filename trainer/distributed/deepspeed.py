@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytorch_lightning as pl
+
 from trainer.config import StrategyConfig
 
 # Lightning sets this from Trainer(accumulate_grad_batches=...) and refuses it in the config.
@@ -64,6 +66,27 @@ def make_deepspeed_strategy(config: dict[str, Any], *, on_gpu: bool, timeout: ti
     return cls(config=config, timeout=timeout, process_group_backend=backend)
 
 
+def defer_engine_writes(strategy, deferred, group=None) -> None:
+    """checkpoint.async=true: DeepSpeed writes every checkpoint file through its engine's checkpoint
+    engine; this one stages each state to host memory and leaves the write for the background."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from trainer.checkpoint.async_writer import stage_to_host
+
+    class StagingCheckpointEngine(TorchCheckpointEngine):
+        def save(self, state_dict, path: str) -> None:
+            staged = stage_to_host(state_dict)
+            deferred.add(lambda: TorchCheckpointEngine.save(self, staged, path))
+
+        def preserves_storage_sharing(self) -> bool:
+            return False  # staging copies each tensor into its own storage (DeepSpeed need not clone first)
+
+    engine = strategy.deepspeed_engine
+    staging = StagingCheckpointEngine()
+    staging.zipfile_serialization = engine.checkpoint_engine.zipfile_serialization
+    engine.checkpoint_engine = staging
+
+
 def _strategy_classes():
     import torch
     from lightning_fabric.utilities.seed import reset_seed
@@ -98,3 +121,26 @@ def _strategy_classes():
             return torch.device("cpu", self.local_rank)
 
     return TrainerDeepSpeedStrategy, CPUDeepSpeedStrategy
+
+
+
+class EngineMetrics(pl.Callback):
+    """DeepSpeed clips inside its engine's step: the global norm it computed (before clipping) and, under
+    fp16, its loss scale are read after each optimizer step and logged with that step's row
+    (train/grad_norm, train/loss_scale)."""
+
+    def __init__(self) -> None:
+        self._step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step:
+            return  # inside an accumulation window: no step yet
+        self._step = trainer.global_step
+        engine = getattr(trainer.strategy, "deepspeed_engine", None)
+        if engine is None:
+            return
+        norm = engine.get_global_grad_norm()
+        if norm is not None:
+            pl_module.log("train/grad_norm", float(norm), on_step=True, on_epoch=False)
+        if engine.fp16_enabled():
+            pl_module.log("train/loss_scale", float(engine.optimizer.loss_scale), on_step=True, on_epoch=False)

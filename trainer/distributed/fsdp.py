@@ -50,6 +50,7 @@ def _cpu_strategy_class():
     return CPUFSDPStrategy
 
 
-def fsdp_global_norm(trainer, pl_module, max_norm: float) -> None:
-    """Global-norm clipping over all of FSDP's shards (FSDP's own clip_grad_norm_ reduces the norm)."""
-    trainer.strategy.model.clip_grad_norm_(max_norm)
+def fsdp_global_norm(trainer, pl_module, max_norm: float):
+    """Global-norm clipping over all of FSDP's shards (FSDP's own clip_grad_norm_ reduces the norm);
+    returns the norm before clipping."""
+    return trainer.strategy.model.clip_grad_norm_(max_norm)

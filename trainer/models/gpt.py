@@ -21,7 +21,8 @@ from trainer.errors import UserError
 
 @dataclass
 class GPTConfig:
-    vocab_size: Optional[int] = None  # None: taken from the data's tokenizer at build time
+    vocab_size: Optional[int] = None  # the tokenizer's true vocabulary; None: taken from the data at build time
+    vocab_multiple: int = 64  # embedding rows padded up to a multiple of this, for fast matmuls (not in the loss)
     seq_len: int = 256
     d_model: int = 128
     n_layers: int = 4
@@ -32,6 +33,16 @@ class GPTConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     fused_loss: bool = False  # linear + cross-entropy without materialising all logits
+    # A Hugging Face Llama checkpoint directory to start from (fine-tuning). The trainer's build step
+    # loads it (trainer.models.llama_hf.load_hf_weights) after this model is constructed.
+    init_from: Optional[str] = None
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and lm_head. The rows past vocab_size are never an input or a target,
+        and their logits are masked to -inf: they take no probability mass."""
+        m = max(1, self.vocab_multiple)
+        return m * math.ceil(self.vocab_size / m)
 
     def __post_init__(self) -> None:
         """The shape rules (checked when the config is validated, before anything is built)."""
@@ -134,10 +145,10 @@ class GPT(nn.Module):
         if cfg.vocab_size is None:
             raise ValueError("GPTConfig.vocab_size is not set (the trainer fills it from the data)")
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
@@ -149,6 +160,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        with torch.no_grad():  # padding rows: never used, so zero (they stay so: no gradient reaches them)
+            self.embed.weight[cfg.vocab_size :].zero_()
+            self.lm_head.weight[cfg.vocab_size :].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -158,7 +172,9 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx (B, T) token ids. Returns logits (B, T, V) without targets, else the mean loss.
 
-        With cfg.fused_loss the loss is computed chunk by chunk from the hidden states,
+        V is the true vocabulary: the padding rows of lm_head are computed (the padded matmul is the
+        fast one) but their logits are cut off, or set to -inf inside the loss. With cfg.fused_loss the
+        loss is computed chunk by chunk from the hidden states over the true rows of lm_head only,
         so the (B*T, V) logits never exist at once.
         """
         B, T = idx.shape
@@ -169,12 +185,18 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         x = self.norm(x)
+        V, padded = self.cfg.vocab_size, self.cfg.padded_vocab_size > self.cfg.vocab_size
         if targets is None:
-            return self.lm_head(x)  # (B, T, V)
+            logits = self.lm_head(x)  # (B, T, V_padded)
+            return logits[..., :V] if padded else logits  # (B, T, V)
         flat_x, flat_t = x.reshape(B * T, -1), targets.reshape(B * T)
         if self.cfg.fused_loss:
-            return ops.fused_linear_cross_entropy(flat_x, self.lm_head.weight, flat_t)
-        return ops.cross_entropy(self.lm_head(flat_x), flat_t)
+            weight = self.lm_head.weight[:V] if padded else self.lm_head.weight  # (V, C), still contiguous
+            return ops.fused_linear_cross_entropy(flat_x, weight, flat_t)
+        logits = self.lm_head(flat_x)  # (B*T, V_padded)
+        if padded:
+            logits[:, V:] = float("-inf")  # in place: the matmul's backward does not need its output
+        return ops.cross_entropy(logits, flat_t)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -197,9 +219,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
-        """Sample continuation tokens for idx (B, T). Recomputes the full window each step."""
+        """Sample continuation tokens for idx (B, T); temperature 0 is greedy. Recomputes the full window each step."""
         for _ in range(max_new_tokens):
             window = idx[:, -self.cfg.seq_len :]
+            if temperature == 0:
+                idx = torch.cat((idx, self(window)[:, -1, :].argmax(dim=-1, keepdim=True)), dim=1)
+                continue
             logits = self(window)[:, -1, :] / max(temperature, 1e-5)  # (B, V)
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))

@@ -90,6 +90,8 @@ class PerfMonitor(pl.Callback):
         self._first_step: Optional[int] = None
         self._warned: set[str] = set()
         self._device = torch.device("cpu")
+        self._precision: Optional[str] = None
+        self._compiled: Optional[bool] = None
         self._num_workers: Optional[int] = None
         self._gpu_index: Optional[int] = None
 
@@ -98,6 +100,8 @@ class PerfMonitor(pl.Callback):
         if not self.cfg.enabled:
             return
         self._device = pl_module.device
+        self._precision = str(getattr(trainer, "precision", "") or "") or None
+        self._compiled = bool(getattr(pl_module, "compile", False))
         on_cuda = self._device.type == "cuda"
         clock = CudaClock(self._device) if on_cuda else HostClock()
         self.timer = StepTimer(clock)
@@ -155,7 +159,10 @@ class PerfMonitor(pl.Callback):
             self.sampler.stop()
         for fh in (self._records, self._stragglers_file):
             if fh is not None:
-                fh.close()
+                try:
+                    fh.close()  # flushes: may find the disk full
+                except OSError as e:
+                    self._warn_once(f"closing {fh.name}", e)
         self._records = self._stragglers_file = None
         self.timer = None
 
@@ -362,6 +369,8 @@ class PerfMonitor(pl.Callback):
             device=self._device.type, mem_frac=max(mem) if mem else None,
             alloc_retries=int(sum(r["alloc_retries"] or 0 for r in rows)), gpu=gpu,
             busy_s=[r["busy_s"] for r in rows], num_workers=self._num_workers,
+            precision=self._precision, compiled=self._compiled,
+            cpu_native_bf16=_cpu_native_bf16() if self._device.type == "cpu" else None,
         )
 
     def _measure_flops(self, pl_module: pl.LightningModule, inputs: Any) -> None:
@@ -503,3 +512,11 @@ def print_verdict_table(verdict: Verdict) -> None:
     console = Console(width=max(120, int(os.environ.get("COLUMNS", 0) or 0)))
     console.print(table)
     console.print(f"[bold]bottleneck[/bold]: {verdict.headline}")
+
+
+def _cpu_native_bf16() -> Optional[bool]:
+    """Whether this CPU runs bf16 natively (AVX512-BF16 / AMX), as oneDNN sees it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - a private torch call: unknown is fine
+        return None

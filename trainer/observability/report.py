@@ -9,12 +9,11 @@ from __future__ import annotations
 import csv
 import html
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from trainer.errors import UserError, exit_on_user_error
+from trainer.errors import UserError
 from trainer.files import atomic_write_text
 from trainer.observability.layout import PerfFiles
 from trainer.observability.timing import PHASES
@@ -309,7 +308,8 @@ def _fmt(v: Any, key: str = "") -> str:
     return "n/a" if v is None else str(v)
 
 
-def render_html(data: RunData, charts: list[tuple[str, str]], system_notes: list[str]) -> str:
+def render_html(data: RunData, charts: list[tuple[str, str]], system_notes: list[str], sections: Sequence[str] = ()) -> str:
+    """`sections`: finished HTML sections other components own (the entry point adds the data check's)."""
     e = html.escape
     cfg = data.config
     run_name = (cfg.get("run") or {}).get("name", data.run_dir.parent.name)
@@ -358,11 +358,12 @@ def render_html(data: RunData, charts: list[tuple[str, str]], system_notes: list
         parts.append(f"<p><i>{e(note)}</i></p>")
     for name, table in data.profiler_tables.items():
         parts.append(f"<h2>torch.profiler: {e(name)}</h2><pre>{e(table)}</pre>")
+    parts.extend(sections)
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def build_report(run_dir: Path) -> Path:
+def build_report(run_dir: Path, sections: Sequence[str] = ()) -> Path:
     data = load_run(run_dir)
     out = RunDir(run_dir).report
     out.mkdir(exist_ok=True)
@@ -382,7 +383,7 @@ def build_report(run_dir: Path) -> Path:
             charts.append((title, png))
         else:
             notes.append(title)
-    return atomic_write_text(out / "index.html", render_html(data, charts, notes))
+    return atomic_write_text(out / "index.html", render_html(data, charts, notes, sections))
 
 
 def parse_args(argv: list[str]) -> Path:
@@ -397,13 +398,3 @@ def parse_args(argv: list[str]) -> Path:
     if not run_dir:
         raise UserError("usage: python -m trainer.report run.dir=PATH (the run directory, runs/<name>/<id>)")
     return Path(run_dir).expanduser().absolute()
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    with exit_on_user_error():
-        index = build_report(parse_args(sys.argv[1:] if argv is None else argv))
-        print(f"report: {index}")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,8 @@ implementation for the whole process; the model only ever calls the functions be
 - auto: per op, the CUDA kernel where trainer/ops/auto_table.json shows it measured faster than
   the reference on this GPU model (or one of the same capability) in the same compile setting
   (trainer.compile); the reference everywhere else, on CPU, and where the kernels do not build
-  (reported once, the run continues). See trainer.ops.auto.
+  (reported once, the run continues). auto decides before building: where it picks no kernel,
+  the extension is not built. See trainer.ops.auto.
 
 kernel_status() says what runs where and why, op by op (the run manifest records it).
 """
@@ -41,6 +42,7 @@ def set_kernel_mode(mode: str, cache_dir: str | None = None, compiled: bool = Fa
     cache_dir (paths.cache_dir) is where a JIT build goes, under kernels/; by default
     $TRAINER_CACHE or ~/.cache/trainer. Building happens here, once per process. compiled:
     whether the model runs under torch.compile (trainer.compile), which auto's choice depends on.
+    auto builds only when the table picks a kernel for some op.
     """
     global _WARNED
     if mode not in MODES:
@@ -52,6 +54,14 @@ def set_kernel_mode(mode: str, cache_dir: str | None = None, compiled: bool = Fa
     if mode == "auto" and not cuda:
         why = "no CUDA device: auto uses the PyTorch reference on CPU"
         return _set(base, {}, {op: why for op in OPS}, why)
+
+    routes = why = None
+    if mode == "auto":
+        # Decide before building: on a GPU with no table entry, or whose measured kernels all lost
+        # or changed since, nothing uses the extension, and its first JIT build takes minutes.
+        routes, why, base["auto_table"] = _auto_routes(compiled)
+        if not any(routes.values()):
+            return _set(base, {}, why, "auto chose the PyTorch reference for every op on this GPU (no build)")
 
     from trainer.ops import build
 
@@ -73,8 +83,6 @@ def set_kernel_mode(mode: str, cache_dir: str | None = None, compiled: bool = Fa
     if mode == "fused":
         routes = {op: frozenset({"cuda", "cpu"}) for op in OPS}
         return _set(base, routes, {op: "kernels=fused" for op in OPS}, None)
-    routes, why, table = _auto_routes(compiled)
-    base["auto_table"] = table
     return _set(base, routes, why, None)
 
 

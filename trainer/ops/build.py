@@ -13,7 +13,7 @@ crashed builder never blocks the next one) with a timeout, so concurrent ranks b
 Everything that can go wrong before compiling (no compiler, no ninja, nvcc not matching the
 CUDA torch was built with) is detected up front and reported as one KernelBuildError.
 
-`python -m trainer.ops.build [--out DIR] [--cpu-only] [--verbose]` builds ahead of time;
+`python -m trainer.ops.build [--out DIR] [--cpu-only] [--reuse] [--verbose]` builds ahead of time;
 TORCH_CUDA_ARCH_LIST picks the architectures (default: the visible GPU's).
 """
 from __future__ import annotations
@@ -68,12 +68,20 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def sources(with_cuda: bool) -> list[Path]:
     """The C++ sources always; the .cu files only for a CUDA build."""
-    if not CSRC.is_dir():
-        raise KernelBuildError(f"kernel sources not found at {CSRC} (the csrc/ folder ships with the repository)")
+    _check_sources()
     found = sorted(CSRC.rglob("*.cpp"))
     if with_cuda:
         found += sorted(CSRC.rglob("*.cu"))
     return found
+
+
+def _check_sources() -> None:
+    # csrc/ sits next to trainer/ in a checkout and is not package data: a wheel or a non-editable
+    # `pip install .` has no kernel sources, only a prebuilt library (the container's) can serve there.
+    if not CSRC.is_dir():
+        raise KernelBuildError(
+            f"the kernel sources (csrc/) are not at {CSRC}: a non-editable install (a wheel, `pip install .`, a "
+            "git URL) does not ship them; for the fused kernels install from a checkout with `pip install -e .`")
 
 
 def source_hash(with_cuda: bool) -> str:
@@ -206,9 +214,10 @@ def _write_meta(directory: Path, identity: dict, library: Path, seconds: float) 
     atomic_write_json(directory / META_FILE, meta)  # readers never see a half-written file
 
 
-def _matching_prebuilt(with_cuda: bool) -> Path | None:
-    """A prebuilt directory built from these sources for this torch that runs on this GPU."""
-    directory = Path(os.environ.get("TRAINER_KERNELS_DIR") or PREBUILT_DIR)
+def _matching_prebuilt(with_cuda: bool, directory: Path | None = None) -> Path | None:
+    """A prebuilt directory (default $TRAINER_KERNELS_DIR, else trainer/ops/_prebuilt) built from
+    these sources for this torch that runs on this GPU."""
+    directory = Path(directory or os.environ.get("TRAINER_KERNELS_DIR") or PREBUILT_DIR)
     meta = _read_meta(directory)
     if meta is None:
         return None
@@ -259,6 +268,7 @@ def _load(with_cuda: bool, cache_dir, lock_timeout_s: float | None, verbose: boo
         _LOADED = BuildInfo(str(prebuilt / meta["library"]), with_cuda, meta["archs"], "prebuilt", 0.0)
         return _LOADED
 
+    _check_sources()  # before the toolchain checks: without sources nothing else matters
     archs = device_archs() if with_cuda else ""
     identity = _identity(with_cuda, archs)
     directory = cache_root(cache_dir) / _key(identity)
@@ -309,8 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PREBUILT_DIR, help=f"output directory (default {PREBUILT_DIR})")
     parser.add_argument("--cpu-only", action="store_true", help="build only the C++ CPU paths")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep what --out holds if it was built from these sources for this torch and GPU")
     args = parser.parse_args(argv)
     with_cuda = not args.cpu_only and torch.version.cuda is not None
+    if args.reuse and _matching_prebuilt(with_cuda, args.out) is not None:
+        print(f"reused {args.out}: built from these sources for this torch (cuda={with_cuda})")
+        return 0
     with exit_on_user_error():
         try:
             library = build_ahead_of_time(args.out, with_cuda, verbose=args.verbose)

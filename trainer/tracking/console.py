@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def setup_logging(logs: Path, rank: int) -> None:
 
 
 def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int = 2) -> list:
-    """The progress bar: redrawn `redraws_per_s` times a second, the logged loss read every
+    """The progress bar: redrawn `redraws_per_s` times a second, the logged losses read every
     `metrics_every` steps."""
     if not enabled:
         return []
@@ -42,16 +43,26 @@ def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int
     class StepProgressBar(RichProgressBar):
         """Training runs by steps, not epochs: label the bar so and drop Lightning's version number.
 
-        Lightning's Rich bar reads the logged metrics after every batch (for a tensor on the GPU,
-        a synchronisation that drains the launch queue each step) and redraws from a thread 100
-        times a second (host time taken from the training loop). Here the metrics are read on
-        the logging cadence and the bar is redrawn twice a second (a redraw costs ~0.75 ms of CPU).
+        Lightning's Rich bar converts the progress-bar metrics to floats after every batch (for a
+        tensor on the GPU, a synchronisation that drains the launch queue each step), updates its
+        task after every batch and redraws from a thread 100 times a second (host time taken from
+        the training loop). Here the count is updated at most as often as the bar is redrawn (twice
+        a second; a redraw costs ~0.75 ms of CPU), and the losses are read once per `metrics_every`
+        steps, on the batch after each logged one (train/loss is logged without prog_bar, so
+        Lightning never converts it per batch).
         """
 
         _skip_metrics = False
+        _next_update = 0.0
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self._skip_metrics = (batch_idx + 1) % metrics_every != 0
+            read_metrics = batch_idx % metrics_every == 0
+            last = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+            now = time.monotonic()
+            if not (read_metrics or last) and now < self._next_update and self.train_progress_bar_id is not None:
+                return
+            self._next_update = now + 1 / redraws_per_s
+            self._skip_metrics = not (read_metrics or last)
             try:
                 super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             finally:
@@ -67,7 +78,8 @@ def progress_callbacks(enabled: bool, metrics_every: int = 1, redraws_per_s: int
         def get_metrics(self, trainer, pl_module):
             metrics = super().get_metrics(trainer, pl_module)
             metrics.pop("v_num", None)
-            return metrics
+            loss = trainer.callback_metrics.get("train/loss")  # the last logged value (read here only)
+            return {"train/loss": float(loss), **metrics} if loss is not None else metrics
 
     return [StepProgressBar(refresh_rate=redraws_per_s, leave=True)]
 
@@ -81,7 +93,7 @@ def print_start(run_dir: Path, run_id: str, run_name: str, strategy: str, net, d
             stats = datamodule.corpus_stats()
         except Exception:  # noqa: BLE001
             stats = {}
-    console.print(f"[bold]run[/bold] {run_name}/{run_id}  dir: {run_dir}")
+    console.print(f"[bold]run[/bold] {run_name}/{run_id}  dir: {run_dir}", soft_wrap=True)
     line = (
         f"model {type(net).__name__} {n_params / 1e6:.2f}M params | world {world} | global batch {global_batch}"
         f" | precision {precision} | strategy {strategy} | kernels {kernel_mode}"
@@ -116,14 +128,15 @@ def print_summary(summary: dict[str, Any], run_dir: Path, sync_hint: str | None)
         ("final val loss", summary.get("final_val_loss")),
         ("unigram entropy (nats)", summary.get("unigram_entropy_nats")),
         ("stopped", summary.get("stopped")),
-        ("run dir", str(run_dir)),
     ]
     for k, v in rows:
         if v is not None:
             table.add_row(k, _fmt(v))
     console.print(table)
+    # Paths on lines of their own, never wrapped or cut ("…") at the terminal's width: users copy them.
+    console.print(f"run dir: {run_dir}", soft_wrap=True, highlight=False)
     val, ent = summary.get("final_val_loss"), summary.get("unigram_entropy_nats")
     if val is not None and ent is not None and not math.isnan(val):
         console.print(f"val loss {val:.4f} vs unigram entropy {ent:.4f} nats ({'below' if val < ent else 'NOT below'})")
     if sync_hint:
-        console.print(f"W&B ran offline; to upload: {sync_hint}")
+        console.print(f"W&B ran offline; to upload: {sync_hint}", soft_wrap=True)

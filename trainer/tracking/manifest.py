@@ -30,6 +30,10 @@ def git_state(repo: Path) -> dict[str, Any]:
 
     sha = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
+    if sha is None and os.environ.get("TRAINER_GIT_SHA", "unknown") != "unknown":
+        # In the image there is no .git: the build recorded the commit (Dockerfile, GIT_SHA/GIT_DIRTY).
+        flag = os.environ.get("TRAINER_GIT_DIRTY")
+        return {"sha": os.environ["TRAINER_GIT_SHA"], "dirty": {"true": True, "false": False}.get(flag or "")}
     return {"sha": sha, "dirty": bool(dirty) if dirty is not None else None}
 
 

@@ -37,6 +37,10 @@ class RunDir:
         return self.path / f"config.{n}.yaml"
 
     @property
+    def lock(self) -> Path:  # who is running in this dir now (tracking/run_lock.py)
+        return self.path / "lock.json"
+
+    @property
     def manifest(self) -> Path:  # reproducibility manifest (tracking/manifest.py)
         return self.path / "manifest.json"
 
@@ -73,6 +77,19 @@ class RunDir:
         return self.path / "wandb_id.txt"
 
     @property
+    def wandb_artifacts(self) -> Path:  # the model artifacts this run logged (name, step, val loss, aliases)
+        return self.path / "wandb_artifacts.json"
+
+    @property
+    def tensorboard(self) -> Path:  # TensorBoard event files (logger=[...,tensorboard])
+        return self.path / "tensorboard"
+
+    def logger_dir(self, name: str) -> Path:
+        """The save_dir of the logger named `name` in the config: csv/ for the CSV log, the run dir itself
+        for W&B (which makes its own wandb/ there), else a folder named after the logger."""
+        return {"csv": self.csv, "wandb": self.path, "tensorboard": self.tensorboard}.get(name, self.path / name)
+
+    @property
     def profiler(self) -> Path:  # torch.profiler traces and top-kernel tables
         return self.path / "profiler"
 
@@ -87,6 +104,26 @@ class RunDir:
     @property
     def eval(self) -> Path:  # python -m trainer.evaluate: <name>.json per evaluation
         return self.path / "eval"
+
+    @property
+    def data_check(self) -> Path:  # the data check before training (report.json, report.html)
+        return self.path / "data_check"
+
+    @property
+    def drift(self) -> Path:  # python -m trainer.drift reference=RUN: <stamp>/drift.{json,html} per comparison
+        return self.path / "drift"
+
+    @property
+    def promotion(self) -> Path:  # python -m trainer.promote: the latest decision about this run's model
+        return self.path / "promotion.json"
+
+    @property
+    def pipeline_state(self) -> Path:  # python -m trainer.pipeline: each step's status and input fingerprint
+        return self.path / "pipeline.json"
+
+    @property
+    def reproduction(self) -> Path:  # python -m trainer.reproduce, in the reproduction's run dir: the verdict
+        return self.path / "reproduce.json"
 
     @property
     def tokenizer(self) -> Path:  # the tokenizer's files (save_pretrained), for export and evaluation
@@ -125,9 +162,21 @@ def resolve_run_dir(run_name: str, run_id: str | None, run_dir: str | None, runs
         rid = run_id or path.name
     else:
         rid = run_id or launcher_run_id() or new_run_id()
-        path = (Path(runs_dir).expanduser() / run_name / rid).absolute()
+        path = _under(runs_dir, run_name, rid)
     ensure_writable(path)
     return path, rid
+
+
+def existing_run_dir(run_name: str, run_id: str | None, run_dir: str | None, runs_dir: str) -> Path | None:
+    """The run dir resolve_run_dir will choose, without creating it; None when it will make up a fresh id."""
+    if run_dir:
+        return Path(run_dir).expanduser().absolute()
+    rid = run_id or launcher_run_id()
+    return _under(runs_dir, run_name, rid) if rid else None
+
+
+def _under(runs_dir: str, run_name: str, run_id: str) -> Path:
+    return (Path(runs_dir).expanduser() / run_name / run_id).absolute()
 
 
 def ensure_writable(path: Path) -> None:
