@@ -23,6 +23,9 @@ REQUEUE_EXIT = 124
 MAX_STEPS = 32  # leaves >= 1 s of steps after each signal, even for the third session
 
 
+# extended: one preemption with the same run dir and W&B run afterwards is in the default suite
+# (tests/launch/test_container_image.py SIGTERM test, test_preemption_exit.py, test_async_checkpoint.py).
+@pytest.mark.extended
 def test_preempted_three_times_then_finishes_in_the_same_run_and_wandb_run(tmp_path, shared_cache):
     run = tmp_path / "run"
     argv = procs.python_m("trainer.train", *procs.TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}",
