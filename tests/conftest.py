@@ -27,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_wandb_service():
+    """W&B records its service's address in os.environ (WANDB_SERVICE) when a test starts a run in-process;
+    left there, every later test's subprocesses would share this pytest's service (and its claimed run
+    ids). tests/tracking/test_wandb_runs.py tests that sharing on purpose."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One token-shard/kernels cache for the whole session, so shards are built once."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import math
 import re
 import socket
 import subprocess
@@ -63,10 +62,19 @@ def folder_time(path: Path) -> datetime:
     return datetime.strptime(re.search(r"(\d{8}_\d{6})", path.name).group(1), "%Y%m%d_%H%M%S")
 
 
-# extended: an OPEN FINDING, not a pass. On the final merged tree this test failed 2 of 3 runs (load 1-3): once the
-# first offline file held no train/loss row after step 0 (4 rows unwritten vs the 7 the flush interval allows: fixed
-# bound), once an IndexError with an empty row list. Cause not determined in this session; kept runnable with --extended.
-@pytest.mark.extended
+def loss_steps(path: Path) -> list[int]:
+    return [s for s, r in sorted(rows_by_step(path).items()) if "train/loss" in r]
+
+
+def written_loss_steps(run: Path) -> list[int]:
+    """The train/loss steps W&B's service has written to the run's (one) offline file so far."""
+    try:
+        (path,) = offline_files(run)
+        return loss_steps(path)
+    except Exception:  # noqa: BLE001 - not there yet, or a record half-written at the file's end
+        return []
+
+
 def test_a_malformed_key_then_a_dead_wandb_service_never_stop_training(tmp_path, shared_cache):
     run = tmp_path / "run"
     argv = procs.python_m("trainer.train", *procs.TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}",
@@ -75,12 +83,15 @@ def test_a_malformed_key_then_a_dead_wandb_service_never_stop_training(tmp_path,
     with procs.jobs() as started:
         job = procs.Job(argv, tmp_path / "train.log", env_vars=wandb_env(WANDB_API_KEY="not-a-key"))
         started.append(job)
-        procs.wait_for("step 4", lambda: len(procs.logged_steps(run)) >= 4, 240, job=job)
+        # W&B's service writes its file every flush_interval_s, at its own pace (it lagged a few seconds behind
+        # training at load ~3): wait until it has written rows, so the kill comes while it demonstrably works.
+        written = procs.wait_for("4 rows in W&B's run file", lambda: written_loss_steps(run)[3:] and written_loss_steps(run),
+                                 240, job=job)
         service = [p for p in job.descendants() if "wandb-core" in " ".join(p.cmdline())]
         assert service, "no W&B service process found"
         for p in service:
             p.kill()  # W&B's own service dies mid-run: the next log fails
-        killed_at = time.time()
+        at_kill = max(procs.logged_steps(run))
         assert job.wait() == 0, job.tail()
     out = job.output()
     said = warnings(out)
@@ -91,14 +102,12 @@ def test_a_malformed_key_then_a_dead_wandb_service_never_stop_training(tmp_path,
     wandb_id = (run / "wandb_id.txt").read_text().strip()
     first, second = offline_files(run)
     assert {p.parent.name.rsplit("-", 1)[-1] for p in (first, second)} == {wandb_id}
-    before, after = ([s for s, r in sorted(rows_by_step(f).items()) if "train/loss" in r] for f in (first, second))
-    # The second offline run continues the step axis to the end; what the dead service had not yet written
-    # is the only gap: W&B writes its run file every flush_interval_s (1 s here) and a step takes at least
-    # batch_delay_s (0.15 s), so at most ceil(1 / 0.15) = 7 rows. (A bound of 3 failed at load ~3 with rows
-    # 1-3 unwritten, which is within that guarantee; a restarted axis or a lost run still fails here.)
-    unwritten_at_most = math.ceil(1.0 / 0.15)
-    assert after == list(range(after[0], 14)) and before[-1] < after[0] <= before[-1] + 1 + unwritten_at_most, (before, after)
-    print(f"service killed -> offline run started: {(folder_time(second.parent) - datetime.fromtimestamp(killed_at)).total_seconds():.0f} s")
+    before, after = loss_steps(first), loss_steps(second)
+    # What the service had written stays; the second offline run continues the one step axis to the end. The
+    # rows in between were in the dead service's hands (sent, not yet written): lost, and only those.
+    assert before[: len(written)] == written and before == list(range(before[-1] + 1)), (written, before)
+    assert after == list(range(after[0], 14)) and before[-1] < after[0], (before, after)
+    print(f"dead W&B service: rows {before[-1] + 1}..{after[0] - 1} lost; training was at step {at_kill} at the kill")
 
 
 def test_an_unreachable_server_times_out_into_offline(tmp_path, shared_cache):
@@ -162,3 +171,53 @@ def test_kill9_then_resume_keeps_one_step_axis_with_every_row(tmp_path, shared_c
     assert set(run_record.tags) == {"ci", "continuity"}
     config = {item.key: item.value_json for item in run_record.config.update}
     assert "manifest" in config and '"git"' in config["manifest"] and KEY not in "".join(config.values())
+
+
+HOLD_RUN = """
+import sys, time, wandb
+wandb.init(mode="offline", id="shared01", project="p", dir=sys.argv[1], settings=wandb.Settings(console="off"))
+print("holding", flush=True)
+time.sleep(600)
+"""
+LOG_TWO_ROWS = """
+import sys
+from trainer.tracking.loggers import WandbLogger
+logger = WandbLogger(save_dir=sys.argv[1], mode="offline", id="shared01", project="p")
+for step in range(2):
+    logger.log_metrics({"x": float(step)}, step=step)
+logger.finalize("success")
+logger.experiment.finish()
+print("mode", logger.mode)
+"""
+
+
+def test_a_shared_wandb_service_that_still_holds_a_killed_runs_id_does_not_cost_the_resumed_run_its_rows(tmp_path):
+    """W&B's shared service ($WANDB_SERVICE: `wandb beta core start`, or inherited from a parent that used W&B)
+    keeps a run id claimed after the process that held it is killed -9, and refuses it to the resumed run
+    ("run ID ... is in use"). The trainer's logger then logs to a service of its own: same offline run, no warning."""
+    import sys
+
+    wandb_cli = str(Path(sys.executable).parent / "wandb")
+    env = procs.env()
+    env.pop("WANDB_SERVICE", None)
+    started = subprocess.run([wandb_cli, "beta", "core", "start", "--idle-timeout", "3m"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    env["WANDB_SERVICE"] = started.stdout.strip().splitlines()[-1]
+    try:
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir(), second.mkdir()
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(first)], env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "holding"
+        finally:
+            holder.kill()
+            holder.wait()
+        proc = subprocess.run([sys.executable, "-c", LOG_TWO_ROWS, str(second)], cwd=procs.ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "mode offline" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+        assert not warnings(proc.stdout + proc.stderr), proc.stderr[-3000:]
+        (ours,) = offline_files(second)
+        assert [(s, r["x"]) for s, r in sorted(rows_by_step(ours).items())] == [(0, 0.0), (1, 1.0)]
+    finally:
+        subprocess.run([wandb_cli, "beta", "core", "stop"], env=env, capture_output=True, timeout=60)

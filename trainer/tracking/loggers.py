@@ -37,6 +37,7 @@ from trainer.files import atomic_write_text
 from trainer.tracking.run_dir import RunDir
 
 log = logging.getLogger(__name__)
+WANDB_SERVICE_ENV = "WANDB_SERVICE"  # W&B's address of a running service to share (wandb.env.SERVICE)
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 DEFAULT_PROJECT = "trainer"  # when neither logger.wandb.project nor $WANDB_PROJECT is set
@@ -246,28 +247,44 @@ class WandbLogger(_LightningWandbLogger):
             # imports on the training thread, then a thread that posts its own telemetry to W&B's servers
             # every 60 s. An offline run sends nothing.
             os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-        if self._mode == "online":
-            try:
-                return self._init(wandb, "online")
-            except Exception as e:  # noqa: BLE001 - a bad key, no route, a server error: all mean "go offline"
+        first = self._mode
+        try:
+            return self._init(wandb, first)
+        except Exception as e:  # noqa: BLE001 - a bad key, no route, a server error: all mean "go offline"
+            if first == "online":
                 self._warn_offline(f"W&B could not start online ({_cause(e)})")
-                self._reset(wandb)
+            elif os.environ.get(WANDB_SERVICE_ENV):
+                # A shared service can refuse a run its earlier process held when it was killed ("run ID
+                # ... is in use"): the same local run, so no warning; the retry gets a service of its own.
+                log.info("W&B's shared service (%s) refused this run (%s); starting one of its own",
+                         WANDB_SERVICE_ENV, _cause(e))
+            else:
+                return self._give_up(e)
+            self._reset(wandb)
         try:
             return self._init(wandb, "offline")
         except Exception as e:  # noqa: BLE001 - W&B itself broken: the other loggers carry on
-            self._off = True
-            self._warn(f"W&B could not start even offline ({_cause(e)}); continuing without W&B")
-            return _DummyExperiment()
+            return self._give_up(e)
+
+    def _give_up(self, e: BaseException) -> _DummyExperiment:
+        self._off = True
+        self._warn(f"W&B could not start even offline ({_cause(e)}); continuing without W&B")
+        return _DummyExperiment()
 
     @staticmethod
     def _reset(wandb) -> None:
         """End W&B's service: a failed online start leaves the run id claimed there, and an offline run
         with that id would be refused ("run ID ... is in use"). What the online run wrote stays in its
-        local run file (wandb/run-*), for `wandb sync` too."""
+        local run file (wandb/run-*), for `wandb sync` too.
+
+        A shared service (its address in $WANDB_SERVICE: `wandb beta core start`, or inherited from a parent
+        process that used W&B) outlives this process's teardown and keeps the id claimed, or may be gone
+        with its parent: this process stops using it and the retry starts a service of its own."""
         try:
             wandb.teardown()
         except Exception as e:  # noqa: BLE001
             log.debug("W&B teardown: %s", _cause(e))
+        os.environ.pop(WANDB_SERVICE_ENV, None)
 
     def _init(self, wandb, mode: str):
         settings = wandb_settings(self._init_timeout_s if mode == "online" else None,
