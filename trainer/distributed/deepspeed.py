@@ -8,6 +8,7 @@ DeepSpeed is imported lazily: it is slow to import.
 """
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -71,11 +72,13 @@ def defer_engine_writes(strategy, deferred, group=None) -> None:
     engine; this one stages each state to host memory and leaves the write for the background."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    from trainer.checkpoint.async_writer import stage_to_host
+    from trainer.checkpoint.async_writer import HostStager
+
+    stager = HostStager()  # one host copy of each file's state, reused by every save
 
     class StagingCheckpointEngine(TorchCheckpointEngine):
         def save(self, state_dict, path: str) -> None:
-            staged = stage_to_host(state_dict)
+            staged = stager.stage(state_dict, os.path.basename(path))
             deferred.add(lambda: TorchCheckpointEngine.save(self, staged, path))
 
         def preserves_storage_sharing(self) -> bool:
