@@ -148,3 +148,69 @@ def test_the_check_before_launch_plans_the_default_config(tmp_path):
                f"run.dir={run}", f"paths.cache_dir={tmp_path}")
     assert proc.returncode == 2 and "the memory plan predicts" in proc.stderr, proc.stderr[-3000:]
     assert "could not plan" not in proc.stderr and not run.exists()
+
+
+# --------------------------------------------------------------------------- plan.check modes, in process
+def _too_small(check: str):
+    from trainer.config import compose_config
+
+    return compose_config([*TINY, "plan.device_memory_gb=0.02", f"plan.check={check}"])
+
+
+def test_plan_check_error_refuses_warn_launches_with_the_same_message_off_does_not_plan(monkeypatch, caplog):
+    import trainer.plan as plan_module
+    from trainer.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        plan_module.check_before_launch(_too_small("error"))
+    assert "the memory plan predicts" in str(refused.value) and "Fits:" in str(refused.value)
+    with caplog.at_level("WARNING", logger="trainer"):
+        plan_module.check_before_launch(_too_small("warn"))  # returns: the run launches
+    assert [r.getMessage() for r in caplog.records] == [str(refused.value)]
+
+    def no_planning(*a, **k):
+        raise AssertionError("plan.check=off must not plan")
+
+    monkeypatch.setattr(plan_module, "plan_config", no_planning)
+    caplog.clear()
+    plan_module.check_before_launch(_too_small("off"))
+    assert not caplog.records
+
+
+def test_a_plan_that_cannot_be_made_warns_and_launches(monkeypatch, caplog):
+    import trainer.plan as plan_module
+
+    def broken(*a, **k):
+        raise RuntimeError("an unusual model")
+
+    monkeypatch.setattr(plan_module, "plan_config", broken)
+    with caplog.at_level("WARNING", logger="trainer"):
+        plan_module.check_before_launch(_too_small("error"))
+    assert "could not plan this configuration (RuntimeError: an unusual model)" in caplog.text
+
+
+# --------------------------------------------------------------------------- the step-time estimate
+def _time(strategy: str, world: int, *, zero_stage=0, offload=False, micro_batches=1, recompute=1.0, peak=1e12):
+    from trainer.planning.time import estimate_time
+
+    layout = Layout(strategy=strategy, world_size=world, zero_stage=zero_stage, offload_optimizer=offload)
+    return estimate_time(flops_per_token=6e6, tokens_per_rank=1000, micro_batches=micro_batches, param_bytes=4e8,
+                         layout=layout, recompute=recompute, peak_flops=peak, mfu=0.5, bandwidth_gbps=100.0)
+
+
+def test_step_time_is_compute_from_flops_or_the_communication_volume_whichever_is_longer():
+    one = _time("single", 1)
+    assert one.compute_s == pytest.approx(6e9 / (1e12 * 0.5)) and one.comm_bytes == 0 and one.step_s == one.compute_s
+    assert _time("single", 1, recompute=4 / 3).compute_s == pytest.approx(one.compute_s * 4 / 3)  # full AC: a 2nd forward
+    ring = 3 / 4
+    ddp = _time("ddp", 4, micro_batches=8)
+    assert ddp.comm_bytes == pytest.approx(2 * 4e8 * ring)  # one all-reduce per step, whatever the accumulation
+    zero2 = _time("deepspeed", 4, zero_stage=2, micro_batches=8)
+    assert zero2.comm_bytes == pytest.approx(4e8 * ring * 9)  # reduce-scatter per micro-batch + one all-gather
+    for sharded in (_time("fsdp2", 4, micro_batches=8), _time("deepspeed", 4, zero_stage=3, micro_batches=8)):
+        assert sharded.comm_bytes == pytest.approx(3 * 4e8 * ring * 8)
+        assert sharded.comm_s == pytest.approx(sharded.comm_bytes / 100e9)
+        assert sharded.step_s == max(sharded.compute_s, sharded.comm_s)
+    offload = _time("deepspeed", 4, zero_stage=2, offload=True)
+    assert offload.comm_s == pytest.approx(_time("deepspeed", 4, zero_stage=2).comm_s + 2 * 4e8 / 4 / 25e9)
+    assert _time("ddp", 4, peak=None).step_s is None  # no known peak: no estimate rather than a made-up one
