@@ -1,4 +1,5 @@
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,30 @@ def pytest_addoption(parser):
                           "covers more cheaply (more strategies, more hosts, a fresh install, benchmark smoke runs)")
 
 
+# Tests that share a machine-wide resource run on one pytest-xdist worker, one after another: the SLURM
+# cluster's ports (slurm_cluster_session), and the two network-namespace "servers" (scripts/netns_hosts.sh:
+# fixed names; the container two-node test uses them too).
+SHARED_HOSTS = {
+    "slurm": ("tests/faults/test_slurm_requeue.py", "tests/launch/test_slurm_cluster.py", "tests/lifecycle/test_pipeline_slurm.py"),
+    "netns": ("tests/faults/test_netns_elastic.py", "tests/faults/test_netns_multinode.py", "tests/launch/test_netns_torchrun.py",
+              "tests/launch/test_container_image.py"),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The default suite (what CI runs) stays within its time budget; `--extended` runs everything."""
-    if config.getoption("--extended"):
-        return
+    """The default suite (what CI runs) stays within its time budget; `--extended` runs everything.
+    Under pytest-xdist (`--dist loadgroup`, scripts/test.sh) a file's tests stay on one worker (its module
+    fixtures are built once), and the files of SHARED_HOSTS share one worker per resource."""
+    group_of = {path: name for name, paths in SHARED_HOSTS.items() for path in paths}
+    xdist = config.pluginmanager.hasplugin("xdist")
     skip = pytest.mark.skip(reason="extended tier: run with `bash scripts/test.sh --extended`")
     for item in items:
-        if "extended" in item.keywords:
+        if "extended" in item.keywords and not config.getoption("--extended"):
             item.add_marker(skip)
+        if xdist:
+            path = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group_of.get(path, path)))
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +55,46 @@ def no_inherited_wandb_service():
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
-    """One token-shard/kernels cache for the whole session, so shards are built once."""
-    return tmp_path_factory.mktemp("trainer-cache")
+    """One token-shard/kernels cache for the whole session, so shards are built once: with pytest-xdist,
+    one for all workers (the shard builders lock: tests/unit/test_data_shards.py)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.mktemp("trainer-cache")
+    shared = tmp_path_factory.getbasetemp().parent / "trainer-cache"  # basetemp is per worker, its parent is not
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_session(tmp_path_factory) -> dict[str, str]:
+    """One real SLURM cluster (slurmctld, slurmd, munge: scripts/slurm_cluster.sh) for the whole session,
+    started by the first test that needs it: the environment its client commands need. Ports of its own,
+    so a developer's cluster (default ports) can keep running. Tests that use it need root and the SLURM
+    tools (tests/launch/conftest.py needs_root)."""
+    cluster = str(ROOT / "scripts" / "slurm_cluster.sh")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {"SLURM_CLUSTER_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf"),
+           "SLURM_CLUSTER_CTLD_PORT": "26817", "SLURM_CLUSTER_SLURMD_PORT": "26818"}
+    run = lambda verb, timeout: subprocess.run([cluster, verb], env={**os.environ, **env}, capture_output=True,  # noqa: E731
+                                               text=True, timeout=timeout)
+    r = run("start", 90)
+    if r.returncode != 0:
+        run("stop", 60)
+        pytest.fail(f"slurm_cluster.sh start failed:\n{r.stdout}\n{r.stderr}")
+    again = run("start", 60)
+    assert again.returncode == 0 and "already running" in again.stdout  # idempotent
+    yield env
+    r = run("stop", 60)
+    assert r.returncode == 0, r.stderr
+    assert not state.exists()
+
+
+@pytest.fixture
+def slurm_cluster(slurm_cluster_session) -> dict[str, str]:
+    """The session's SLURM cluster, its queue emptied after the test: a job a failed test left behind
+    would hold the node's CPUs and keep the next test's jobs pending."""
+    yield slurm_cluster_session
+    subprocess.run(["scancel", "--user", pwd.getpwuid(os.getuid()).pw_name], env={**os.environ, **slurm_cluster_session},
+                   capture_output=True, timeout=60)
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

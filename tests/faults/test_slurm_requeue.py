@@ -19,21 +19,12 @@ from tests.faults import procs
 from tests.launch.conftest import ROOT, needs_root, spec_for
 
 pytestmark = [pytest.mark.slow, needs_root("slurmctld", "slurmd", "munged", "sbatch")]
-CLUSTER = str(ROOT / "scripts" / "slurm_cluster.sh")
 MAX_STEPS = 60
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    state = tmp_path_factory.mktemp("slurm")
-    env = {**procs.env(), "SLURM_CLUSTER_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf"),
-           "SLURM_CLUSTER_CTLD_PORT": "26837", "SLURM_CLUSTER_SLURMD_PORT": "26838"}
-    r = subprocess.run([CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=90)
-    try:
-        assert r.returncode == 0, f"slurm_cluster.sh start failed:\n{r.stdout}\n{r.stderr}"
-        yield env
-    finally:
-        subprocess.run([CLUSTER, "stop"], env=env, capture_output=True, timeout=90)
+@pytest.fixture
+def slurm(slurm_cluster):
+    return {**procs.env(), **slurm_cluster}
 
 
 def scontrol(env, *args: str) -> str:

@@ -21,25 +21,11 @@ from tests.conftest import cli
 from tests.launch.conftest import ALLREDUCE_JOB, ROOT, needs_root, spec_for
 
 pytestmark = [pytest.mark.slow, needs_root("slurmctld", "slurmd", "munged", "sbatch")]
-CLUSTER = str(ROOT / "scripts" / "slurm_cluster.sh")
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    state = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "SLURM_CLUSTER_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf"),
-           # ports of its own, so a developer's cluster (default ports) can keep running
-           "SLURM_CLUSTER_CTLD_PORT": "26817", "SLURM_CLUSTER_SLURMD_PORT": "26818"}
-    r = subprocess.run([CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=90)
-    if r.returncode != 0:
-        subprocess.run([CLUSTER, "stop"], env=env, capture_output=True, timeout=60)
-        pytest.fail(f"slurm_cluster.sh start failed:\n{r.stdout}\n{r.stderr}")
-    again = subprocess.run([CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and "already running" in again.stdout  # idempotent
-    yield env
-    r = subprocess.run([CLUSTER, "stop"], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert not state.exists()
+@pytest.fixture
+def slurm(slurm_cluster):
+    return {**os.environ, **slurm_cluster}
 
 
 def test_rendered_batch_script_runs_ranks_and_requeues(slurm, tmp_path):

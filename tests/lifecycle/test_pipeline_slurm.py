@@ -15,21 +15,12 @@ from tests.launch.conftest import ROOT, needs_root
 from tests.lifecycle.runs import TINY
 
 pytestmark = [pytest.mark.slow, needs_root("slurmctld", "slurmd", "munged", "sbatch", "srun")]
-CLUSTER = str(ROOT / "scripts" / "slurm_cluster.sh")
 MAX_STEPS = 40
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    state = tmp_path_factory.mktemp("slurm")
-    env = {**procs.env(), "SLURM_CLUSTER_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf"),
-           "SLURM_CLUSTER_CTLD_PORT": "26857", "SLURM_CLUSTER_SLURMD_PORT": "26858"}
-    r = subprocess.run([CLUSTER, "start"], env=env, capture_output=True, text=True, timeout=90)
-    try:
-        assert r.returncode == 0, f"slurm_cluster.sh start failed:\n{r.stdout}\n{r.stderr}"
-        yield env
-    finally:
-        subprocess.run([CLUSTER, "stop"], env=env, capture_output=True, timeout=90)
+@pytest.fixture
+def slurm(slurm_cluster):
+    return {**procs.env(), **slurm_cluster}
 
 
 def test_srun_pipeline_is_preempted_by_usr1_requeued_and_resumes(slurm, tmp_path, shared_cache):
