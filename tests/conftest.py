@@ -44,6 +44,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group_of.get(path, path)))
 
 
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") == "loadgroup" and not os.environ.get("PYTEST_XDIST_WORKER"):
+        from importlib.metadata import version
+
+        if tuple(int(x) for x in version("pytest").split(".")[:2]) >= (9, 2):
+            raise pytest.UsageError(f"pytest {version('pytest')}: pytest-xdist's --dist loadgroup cannot group tests on "
+                                    "pytest 9.2 (pytest-dev/pytest-xdist#1386); install the pinned pytest "
+                                    "(requirements/constraints.txt) or run TEST_WORKERS=0")
+
+
+def pytest_collection_finish(session):
+    """Refuse to run ungrouped (the version check above is the readable one; this one catches any other
+    cause): the SLURM and netns tests would run on two workers at once and fight over ports and namespaces."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
+        ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid.rsplit("]", 1)[-1]]
+        if ungrouped:
+            raise pytest.UsageError(f"pytest-xdist did not group {len(ungrouped)} tests (e.g. {ungrouped[0]}): "
+                                    "install the pinned pytest (requirements/constraints.txt) or run TEST_WORKERS=0")
+
+
 @pytest.fixture(autouse=True)
 def no_inherited_wandb_service():
     """W&B records its service's address in os.environ (WANDB_SERVICE) when a test starts a run in-process;
