@@ -1,12 +1,12 @@
 """Every kind of bad input, through the real command line: one clear message, exit 2, no traceback,
-nothing damaged."""
+nothing damaged. (Bad overrides run the command's checks in this process: tests/conftest.py.)"""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, train_checks_in_process
 
 FAST = ["trainer.max_steps=2", "trainer.progress_bar=false", "logger.wandb=false", "model.d_model=32",
         "model.n_layers=1", "model.n_heads=2", "model.seq_len=16", "data.batch_size=2"]
@@ -37,7 +37,8 @@ def assert_user_error(proc, *needles: str) -> None:
     ],
 )
 def test_bad_override(override, needles, tmp_path):
-    proc = cli("trainer.train", *FAST, override, f"paths.runs_dir={tmp_path}")
+    # In process (train_checks_in_process): the CLI's own start is the other tests' part.
+    proc = train_checks_in_process(*FAST, override, f"paths.runs_dir={tmp_path}")
     assert_user_error(proc, *needles)
     assert not any(tmp_path.iterdir()), "a rejected config must not create a run dir"
 

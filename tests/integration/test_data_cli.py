@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import cli
+from tests.conftest import cli, train_checks_in_process
 from tests.fixtures.hf_tokenizer import corpus_texts, local_hf_tokenizer
 from tests.integration.test_bad_input import assert_user_error
-from tests.integration.test_train_cli import ok, train
+from tests.integration.test_train_cli import TINY, ok, train
+
+def checks(run_dir: Path, cache: Path, *extra: str):
+    """The refusals of `train` (below) run in this process: tests/conftest.py train_checks_in_process."""
+    return train_checks_in_process(*TINY, f"run.dir={run_dir}", f"paths.cache_dir={cache}", *extra)
+
 
 def csv_corpus(path: Path) -> Path:
     with open(path, "w", newline="") as f:
@@ -102,7 +107,7 @@ def test_missing_text_field_lists_the_columns(tmp_path, shared_cache):
 
 
 def test_non_positive_mixture_weight(tmp_path, shared_cache):
-    proc = train(tmp_path / "run", shared_cache, "data=mixture", "data.sources=[{path: stdlib, weight: 1}, {path: stdlib, weight: 0}]")
+    proc = checks(tmp_path / "run", shared_cache, "data=mixture", "data.sources=[{path: stdlib, weight: 1}, {path: stdlib, weight: 0}]")
     assert_user_error(proc, "data.sources[1].weight=0 is invalid", "positive")
     assert not (tmp_path / "run").exists()
 
