@@ -42,6 +42,11 @@ def main() -> int:
     }))
     dist.destroy_process_group()
     if "--requeue-once" in sys.argv and restarts == 0:
+        # As the trainer does (trainer/distributed/preemption.py): srun --kill-on-bad-exit SIGTERMs the task
+        # still exiting when this one exits 124 and may then report 143; the batch script requeues on the marker.
+        marker = env.get("TRAINER_REQUEUE_MARKER")
+        if marker:
+            Path(marker).touch()
         return REQUEUE_EXIT_CODE
     return 0
 
