@@ -18,10 +18,13 @@ def pytest_addoption(parser):
                           "covers more cheaply (more strategies, more hosts, a fresh install, benchmark smoke runs)")
 
 
-# Tests that share a machine-wide resource run on one pytest-xdist worker, one after another: the SLURM
+# Tests that share something run on one pytest-xdist worker, one after another: the SLURM
 # cluster's ports (slurm_cluster_session), and the two network-namespace "servers" (scripts/netns_hosts.sh:
 # fixed names; the container two-node test uses them too).
 SHARED_HOSTS = {
+    # not a host resource: the session's 2-rank runs (tests/distributed/conftest.py `runs`), trained once
+    "distributed-runs": ("tests/distributed/test_checkpoints.py", "tests/distributed/test_equivalence.py",
+                         "tests/distributed/test_activation_checkpointing.py"),
     "slurm": ("tests/faults/test_slurm_requeue.py", "tests/launch/test_slurm_cluster.py", "tests/lifecycle/test_pipeline_slurm.py"),
     "netns": ("tests/faults/test_netns_elastic.py", "tests/faults/test_netns_multinode.py", "tests/launch/test_netns_torchrun.py",
               "tests/launch/test_container_image.py"),
