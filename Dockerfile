@@ -101,6 +101,9 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 # Last, so that a new commit rebuilds only this: the manifest records it (no .git in the image).
 ARG GIT_SHA=unknown
 ARG GIT_DIRTY=unknown
+# podman/buildah keys an ENV or LABEL layer on its text before ${} expansion, a RUN layer on the build args
+# too: without this RUN a commit that changes no copied file reused the previous commit's sha.
+RUN echo "${GIT_SHA} ${GIT_DIRTY}" > /opt/trainer/git-revision
 LABEL org.opencontainers.image.revision="${GIT_SHA}"
 ENV TRAINER_GIT_SHA=${GIT_SHA} \
     TRAINER_GIT_DIRTY=${GIT_DIRTY}
