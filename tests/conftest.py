@@ -10,6 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Each pytest-xdist worker's processes get their share of the cores (trainer.distributed.env.cpu_threads_per_rank
+    # reads it): torch's default, one thread per core in every process, made two workers' runs spin on each
+    # other's cores (measured: a tiny run took 1.6x the time and 2x the CPU next to one busy core).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 
 def pytest_addoption(parser):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -60,11 +59,14 @@ def check_local_devices(t: DictConfig) -> None:
 
 
 def set_cpu_threads(t: DictConfig, device: Device, local_world_size: int) -> None:
-    """CPU runs: split the cores between the local ranks (torch would give each rank all of them)."""
+    """CPU runs: trainer.num_threads, else OMP_NUM_THREADS, else this process's CPUs split between the local
+    ranks (torch would give each rank every core of the machine)."""
     if not device.on_gpu:
         import torch
 
-        torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // max(1, local_world_size)))
+        from trainer.distributed.env import cpu_threads_per_rank
+
+        torch.set_num_threads(t.num_threads or cpu_threads_per_rank(local_world_size))
 
 
 def fit_elastic_world(cfg: DictConfig, world_size: int) -> None:

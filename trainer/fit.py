@@ -79,8 +79,11 @@ def run_fit(cfg: DictConfig, run_dir: Path, run_id: str, extra_callbacks: Sequen
     if is_zero:
         console.print_start(rd.path, run_id, cfg.run.name, plan.name, net, datamodule, world, global_batch,
                             device.precision, kernel_mode, resume)
+        import torch
+
         update_manifest(rd.path, kernels={"mode": kernel_mode, **ops.kernel_status()}, resumed_from=str(resume.path) if resume else None,
-                        data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None))
+                        data=_corpus_stats(datamodule), data_fingerprint=getattr(datamodule, "fingerprint", None),
+                        cpu_threads=None if device.on_gpu else torch.get_num_threads())  # CPU sums depend on it
     started = time.time()
     with _peer_watchdog(cfg.strategy.timeout_s), storage_errors(rd.checkpoints, lambda: checkpointer.storage_error):
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_state) if resume_state else None, weights_only=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from trainer.checkpoint import store
 from trainer.checkpoint.reshard import plan_resume
 from trainer.checkpoint.shards import MissingShards, shard_list
 from trainer.distributed.agreement import config_hash, disagreements
+from trainer.distributed.env import cpu_threads_per_rank
 from trainer.distributed.nccl import set_nccl_defaults
 from trainer.config import StrategyConfig
 from trainer.distributed.deepspeed import deepspeed_json
@@ -94,3 +96,13 @@ def test_deepspeed_json_from_typed_fields_with_raw_overrides():
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["steps_per_print"] == 7
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
     json.dumps(ds)  # what is saved in the run dir
+
+
+def test_cpu_threads_per_rank_is_omp_num_threads_else_this_processes_cpus_split_between_local_ranks():
+    cpus = len(os.sched_getaffinity(0))
+    assert cpu_threads_per_rank(2, {"OMP_NUM_THREADS": "3"}) == 3  # per process, as torchrun reads it
+    assert cpu_threads_per_rank(1, {}) == cpus
+    assert cpu_threads_per_rank(2, {}) == max(1, cpus // 2)
+    assert cpu_threads_per_rank(4 * cpus, {}) == 1
+    for unusable in ("0", "", "4,2", "many"):  # not a thread count: ignored, not an error
+        assert cpu_threads_per_rank(2, {"OMP_NUM_THREADS": unusable}) == max(1, cpus // 2), unusable

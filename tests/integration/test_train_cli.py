@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import cli
+from tests.conftest import ROOT, cli
 
 TINY = [
     "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.seq_len=32",
@@ -134,6 +137,27 @@ def test_users_own_data_module_plugs_in(tmp_path):
            "trainer.progress_bar=false", "logger.wandb=false", f"run.dir={run}"))
     assert json.loads((run / "model.json").read_text())["vocab_size"] == 32
     assert (run / "checkpoints" / "step-00000006").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to pin a run to one of them")
+def test_a_cpu_run_uses_the_cpus_it_may_run_on_not_the_machines(tmp_path, shared_cache):
+    """Pinned to one CPU (as taskset, a container's cpuset or a SLURM allocation pin it), without OMP_NUM_THREADS,
+    the run takes one intra-op thread, not one per core of the machine (which would spin on cores it cannot
+    use); OMP_NUM_THREADS, when set, is the user's choice and wins."""
+    one_cpu = min(os.sched_getaffinity(0))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+
+    def threads(run: Path, **more: str) -> int:
+        proc = subprocess.run([sys.executable, "-m", "trainer.train", *TINY, f"run.dir={run}", f"paths.cache_dir={shared_cache}",
+                               "trainer.max_steps=1"], cwd=ROOT, env={**env, **more}, capture_output=True, text=True,
+                              timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}))
+        ok(proc)
+        return json.loads((run / "manifest.json").read_text())["cpu_threads"]
+
+    assert threads(tmp_path / "pinned") == 1
+    assert threads(tmp_path / "omp", OMP_NUM_THREADS="3") == 3
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ class TrainerConfig:
     compile_mode: str = "default"  # with compile: one of COMPILE_MODES
     progress_bar: bool = True
     deterministic: bool = False
-    num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: cores / local ranks)
+    num_threads: Optional[int] = None  # torch intra-op threads per process on CPU (None: OMP_NUM_THREADS, else this process's CPUs / local ranks)
     # Any other pl.Trainer argument, passed through (trainer.extra.limit_val_batches=4); checked against
     # pl.Trainer's signature, and refused for the ones the settings above (or the trainer itself) own.
     extra: Dict[str, Any] = field(default_factory=dict)

@@ -73,6 +73,7 @@ def relaunch_local(frozen_config: Path, nproc: int, run_id: str, max_restarts: i
 
 def _run_torchrun(frozen_config: Path, nproc: int, run_id: str, records: Path, signalled: list[int],
                   lock_token: str | None = None) -> int:
+    from trainer.distributed.env import cpu_threads_per_rank
     from trainer.tracking.run_lock import TOKEN_ENV
 
     env = dict(os.environ)
@@ -80,7 +81,7 @@ def _run_torchrun(frozen_config: Path, nproc: int, run_id: str, records: Path, s
     if lock_token:
         env[TOKEN_ENV] = lock_token
     env[EXIT_RECORDS_ENV] = str(records)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env["OMP_NUM_THREADS"] = str(cpu_threads_per_rank(nproc))  # a user's OMP_NUM_THREADS is kept (it is per process)
     env.setdefault("PET_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
     proc = subprocess.Popen(torchrun_command(frozen_config, nproc), env=env)
 
