@@ -21,6 +21,9 @@ def pytest_addoption(parser):
     parser.addoption("--extended", action="store_true",
                      help="also run the `extended` tier: end-to-end tests whose paths the default suite already "
                           "covers more cheaply (more strategies, more hosts, a fresh install, benchmark smoke runs)")
+    parser.addoption("--store-durations", action="store_true",
+                     help=f"write each test group's seconds to {DURATIONS.relative_to(ROOT)} (run the whole default "
+                          "suite): pytest-xdist workers take the longest groups first")
 
 
 # Tests that share something run on one pytest-xdist worker, one after another: the SLURM
@@ -36,23 +39,72 @@ SHARED_HOSTS = {
 }
 
 
+_GROUP_OF_FILE = {path: name for name, paths in SHARED_HOSTS.items() for path in paths}
+# Seconds each group took in the last `--store-durations` run (two workers, this repo's CI machine size).
+DURATIONS = ROOT / "tests" / "durations.json"
+
+
+def group_of(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return _GROUP_OF_FILE.get(path, path)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """The default suite (what CI runs) stays within its time budget; `--extended` runs everything.
     Under pytest-xdist (`--dist loadgroup`, scripts/test.sh) a file's tests stay on one worker (its module
-    fixtures are built once), and the files of SHARED_HOSTS share one worker per resource."""
-    group_of = {path: name for name, paths in SHARED_HOSTS.items() for path in paths}
+    fixtures are built once), the files of SHARED_HOSTS share one worker per resource, and the groups are
+    handed out longest first (tests/durations.json): a long group started last would run alone at the end."""
     xdist = config.pluginmanager.hasplugin("xdist")
     skip = pytest.mark.skip(reason="extended tier: run with `bash scripts/test.sh --extended`")
     for item in items:
         if "extended" in item.keywords and not config.getoption("--extended"):
             item.add_marker(skip)
-        if xdist:
-            path = item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group_of.get(path, path)))
+    if xdist:
+        if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' collection is the order the controller hands out
+            seconds = _expected_seconds(items)
+            items.sort(key=lambda item: -seconds[group_of(item.nodeid)])  # stable: a group's own order is kept
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(group_of(item.nodeid)))
+
+
+def _expected_seconds(items) -> dict[str, float]:
+    """Each group's seconds from tests/durations.json; a group it does not know yet: a guess from its tests."""
+    import json
+    from collections import defaultdict
+
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    guess: dict[str, float] = defaultdict(float)
+    for item in items:
+        skipped = any(m.name == "skip" for m in item.iter_markers())
+        guess[group_of(item.nodeid)] += 0 if skipped else 10 if "slow" in item.keywords else 0.2
+    return {group: known.get(group, guessed) for group, guessed in guess.items()}
+
+
+class _DurationRecorder:
+    """--store-durations: sums each group's setup, call and teardown seconds, as the workers report them."""
+
+    def __init__(self):
+        from collections import defaultdict
+
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[group_of(report.nodeid)] += report.duration
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        import json
+
+        known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+        known.update({group: round(s, 1) for group, s in self.seconds.items()})
+        DURATIONS.write_text(json.dumps(dict(sorted(known.items(), key=lambda kv: -kv[1])), indent=1) + "\n")
 
 
 def pytest_configure(config):
+    if config.getoption("--store-durations") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        config.pluginmanager.register(_DurationRecorder(), "store-durations")
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # xdist would reorder the groups by their number of tests
     if getattr(config.option, "dist", "no") == "loadgroup" and not os.environ.get("PYTEST_XDIST_WORKER"):
         from importlib.metadata import version
 
