@@ -71,3 +71,56 @@ def test_gpt2_124m_shape():
 def test_bad_overrides_are_user_errors(override, needle):
     with pytest.raises(UserError, match=needle):
         compose_config([override])
+
+
+# Overrides whose `++` rewrites normalize_overrides must find: constructor arguments the YAML leaves out,
+# next to a typo (refused later), a group choice that changes the target, trainer.extra, a W&B entry, a sweep.
+NORMALIZE_CASES = [
+    ["model.d_model=32", "model.n_heads=2", "data.batch_size=4", "data.val_batches=2", "trainer.max_steps=3"],
+    ["experiment=classifier_tabular", "data.batch_size=8", "trainer.max_steps=3"],
+    ["data=text", "data.text_field=body", "data.path=/tmp/x.txt", "model.seq_len=16"],
+    ["trainer.extra.limit_val_batches=1", "logger.wandb.project=p", "model.n_layerz=3"],
+    ["model.d_model=32", "model.dropout=0.1", "optim.lr=1e-3,2e-3"],
+]
+
+
+@pytest.mark.parametrize("overrides", NORMALIZE_CASES, ids=lambda o: o[0])
+def test_normalize_overrides_finds_at_once_what_the_error_by_error_search_finds(overrides, monkeypatch):
+    """The `++` rewrites come from one composition of the choosing overrides (plus one to check them), not two
+    Hydra compositions per argument; the answer is the one the error-by-error search gives."""
+    import hydra
+
+    from trainer.config import compose
+
+    calls = []
+    real = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda *a, **k: calls.append(k) or real(*a, **k))
+    compose._COMPOSED.clear()
+    fast = compose.normalize_overrides(overrides)
+    fast_compositions = len(calls)
+
+    compose._COMPOSED.clear()
+    calls.clear()
+    monkeypatch.setattr(compose, "_with_predicted_plus", lambda out, config_name: out)
+    assert compose.normalize_overrides(overrides) == fast
+    assert fast != overrides  # every case has an argument to rewrite
+    if "model.n_layerz=3" not in overrides:  # with a typo the search runs, as before, for its message
+        assert fast_compositions <= 2 < len(calls), (fast_compositions, len(calls))
+
+
+def test_a_composition_is_kept_and_handed_out_as_a_copy():
+    import hydra
+
+    from trainer.config import compose
+
+    compose._COMPOSED.clear()
+    first = compose.compose_unchecked(["trainer.max_steps=9"])
+    first.trainer.max_steps = 1  # callers fill and change what they get
+    calls = []
+    real = hydra.compose
+    try:
+        hydra.compose = lambda *a, **k: calls.append(k) or real(*a, **k)
+        again = compose.compose_unchecked(["trainer.max_steps=9"])
+    finally:
+        hydra.compose = real
+    assert again.trainer.max_steps == 9 and not calls

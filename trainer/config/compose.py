@@ -180,16 +180,32 @@ def read_deepspeed_file(cfg: DictConfig) -> None:
         strategy.deepspeed_config = OmegaConf.create(data)
 
 
+# One process composes the same overrides several times (the checks before Hydra's main, the arguments
+# rewritten for it, the launchers' job specs): each Hydra composition costs ~0.2 CPU-s, so a start-up
+# that composed ~25 times spent ~4 CPU-s here. Kept: the last few successful compositions, handed out as copies
+# (callers fill and mutate them).
+_COMPOSED: dict[tuple, DictConfig] = {}
+_COMPOSED_KEEP = 16
+
+
 def _compose(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    import copy
+
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
-    finally:
+    key = (str(CONFIG_DIR), config_name, tuple(overrides))
+    if key not in _COMPOSED:
         GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                cfg = compose(config_name=config_name, overrides=list(overrides))
+        finally:
+            GlobalHydra.instance().clear()
+        if len(_COMPOSED) >= _COMPOSED_KEEP:
+            _COMPOSED.pop(next(iter(_COMPOSED)))
+        _COMPOSED[key] = cfg
+    return copy.deepcopy(_COMPOSED[key])
 
 
 def normalize_overrides(overrides: Sequence[str], config_name: str = "train") -> list[str]:
@@ -200,7 +216,7 @@ def normalize_overrides(overrides: Sequence[str], config_name: str = "train") ->
     accepts is rewritten to `++key=value` (add or override); anything else is left for Hydra to
     refuse, with the target's real keys as suggestions.
     """
-    out = list(overrides)
+    out = _with_predicted_plus(list(overrides), config_name)
     for _ in range(len(out)):
         try:
             _compose([o for o in out if not _is_sweep(o)], config_name)  # a -m sweep's values compose one at a time
@@ -223,6 +239,67 @@ def normalize_overrides(overrides: Sequence[str], config_name: str = "train") ->
             if (params is None or leaf in params) and not _has_key(out, key, config_name):
                 out[at] = "++" + o
     return out
+
+
+def _with_predicted_plus(overrides: list[str], config_name: str) -> list[str]:
+    """normalize_overrides' answer found at once, in the usual case: the `_target_` sections as the choosing
+    overrides compose them, and `++` for each constructor argument they lack. (Found one Hydra error at a
+    time, the answer cost two compositions per argument.) Returned only when it composes; else the overrides
+    as given, for the one-at-a-time search and its error messages."""
+    from omegaconf import OmegaConf
+
+    plain = [o for o in overrides if not _is_sweep(o)]
+    try:
+        base = _compose(_choosing(plain), config_name)
+    except Exception:  # noqa: BLE001 - the search below meets (and explains) the same error
+        return overrides
+    out = list(overrides)
+    for at, o in enumerate(out):
+        key = o.split("=", 1)[0]
+        found = target_key(key)
+        if found is None or "=" not in o or _chooses(o) or _is_sweep(o):
+            continue
+        node_path, leaf = found
+        node = OmegaConf.select(base, node_path)
+        if isinstance(node, DictConfig) and leaf in node.keys():  # keys(): a `???` value is there too
+            continue
+        accepted = _params_in(base, node_path)
+        if accepted is None or leaf in accepted:
+            out[at] = "++" + o
+    if out == overrides:
+        return overrides
+    try:
+        _compose([o for o in out if not _is_sweep(o)], config_name)
+    except Exception:  # noqa: BLE001 - not what the search would find: let it find its own answer
+        return overrides
+    return out
+
+
+def _chooses(override: str) -> bool:
+    """An override that picks a section's target: a group choice (`data=text`), a `_target_` key, the search path."""
+    key = override.split("=", 1)[0]
+    return "." not in key or key.endswith("._target_") or override.startswith("hydra.searchpath=")
+
+
+def _choosing(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if _chooses(o)]
+
+
+def _params_in(cfg: DictConfig, section: str) -> list[str] | None:
+    """target_params for a composed config: [] when the section has no importable target (nothing accepted)."""
+    from omegaconf import OmegaConf
+
+    if section == "trainer.extra":
+        return target_params(section, ())
+    node = OmegaConf.select(cfg, section)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return []
+    try:
+        params = signature_params(import_target(section, target))
+    except Exception:  # noqa: BLE001 - an unimportable target: validate() explains it
+        return []
+    return sorted(params) if params is not None else None
 
 
 def target_key(key: str) -> tuple[str, str] | None:
@@ -296,12 +373,10 @@ def target_params(section: str, overrides: Sequence[str], config_name: str = "tr
         import pytorch_lightning as pl
 
         return sorted(p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self" and p not in TRAINER_OWNED)
-    choosing = [o for o in overrides if "." not in o.split("=", 1)[0] or o.split("=", 1)[0].endswith("._target_")
-                or o.startswith("hydra.searchpath=")]
     try:
         from omegaconf import OmegaConf
 
-        node = OmegaConf.select(_compose(choosing, config_name), section)
+        node = OmegaConf.select(_compose(_choosing(overrides), config_name), section)
         params = signature_params(import_target(section, node._target_)) if node else None
     except Exception:  # noqa: BLE001 - this only improves an override or a message
         return []
