@@ -81,8 +81,8 @@ def builds(work: Path, skip_cold: bool) -> dict:
     env = {"IMAGE": IMAGE, "BUILD_CONTEXT": str(context)}
     if not skip_cold:
         out["cold_build_s"] = timed("bash", CONTAINER_SH, "image", env={**env, "BUILD_FLAGS": "--no-cache"})
-    # After a --no-cache build, the first build with the layer cache is timed on its own: podman 4.3 did not reuse
-    # the --no-cache build's layers (2026-12-04: 109 s, 0.92x cold); the warm figure is the build after it.
+    # After a --no-cache build, the first build with the layer cache is timed on its own: once (2026-12-04 00:22)
+    # it rebuilt every layer (109 s, 0.92x cold), in the next run it took 4.6 s; the cause was not found.
     out["first_build_after_no_cache_s"] = timed("bash", CONTAINER_SH, "image", env=env)
     out["warm_build_unchanged_s"] = timed("bash", CONTAINER_SH, "image", env=env)
     with open(context / "trainer" / "__init__.py", "a") as f:
