@@ -373,14 +373,13 @@ def target_params(section: str, overrides: Sequence[str], config_name: str = "tr
         import pytorch_lightning as pl
 
         return sorted(p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self" and p not in TRAINER_OWNED)
-    try:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        node = OmegaConf.select(_compose(_choosing(overrides), config_name), section)
-        params = signature_params(import_target(section, node._target_)) if node else None
+    try:
+        cfg = _compose(_choosing(overrides), config_name)
     except Exception:  # noqa: BLE001 - this only improves an override or a message
         return []
-    return sorted(params) if params is not None else None
+    return _params_in(cfg, section) if OmegaConf.select(cfg, section) else None
 
 
 def _chain(e: BaseException | None):
